@@ -1,0 +1,3 @@
+from nomoat.cli import main
+
+raise SystemExit(main())
