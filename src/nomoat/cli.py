@@ -1,0 +1,191 @@
+"""The ``nomoat`` command: a table of commands, each a thin adapter from flags to a stage function.
+
+No logic lives here. Stage modules are imported only when their command runs, so ``nomoat --help`` is fast.
+User mistakes (:class:`nomoat.errors.UserError`) print one line and exit 1; ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from nomoat.errors import UserError
+
+EPILOG = """examples:
+  nomoat chat --once "What is the capital of France?"   one answer from the bundled model
+  nomoat chat                                           interactive chat (/exit to quit)
+  nomoat models                                         models you can run, with size and format
+
+state lives in $NOMOAT_HOME (default: your user data folder); --model takes 'default', a .gguf file or a folder."""
+
+
+def _emit(args: argparse.Namespace, result: Any, human: Callable[[Any], str]) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(result, ensure_ascii=False, indent=None if getattr(args, "compact", False) else 2))
+    else:
+        text = human(result)
+        if text:
+            print(text)
+
+
+def _gen_config(args: argparse.Namespace) -> Any:
+    from nomoat.config import GenerationConfig
+
+    gen = GenerationConfig()
+    for name in ("max_tokens", "temperature", "seed"):
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(gen, name, value)
+    if gen.max_tokens < 1:
+        raise UserError("--max-tokens must be at least 1")
+    if not 0 <= gen.temperature <= 5:
+        raise UserError("--temperature must be between 0 and 5")
+    return gen
+
+
+def _runtime_config(args: argparse.Namespace) -> Any:
+    from nomoat.config import RuntimeConfig
+
+    config = RuntimeConfig()
+    if args.ctx is not None:
+        if args.ctx < 256:
+            raise UserError("--ctx must be at least 256 tokens")
+        config.n_ctx = args.ctx
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError("--threads must be at least 1")
+        config.n_threads = args.threads
+    return config
+
+
+# -- commands --------------------------------------------------------------------------------------
+def cmd_chat(args: argparse.Namespace) -> None:
+    from nomoat import chat
+    from nomoat.config import ChatConfig
+
+    gen, runtime = _gen_config(args), _runtime_config(args)
+    if args.once is None:
+        if args.json:
+            raise UserError("--json needs --once MESSAGE (interactive chat prints text)")
+        chat.interactive(model=args.model, config=ChatConfig(system=args.system), gen=gen, runtime=runtime)
+        return
+    message = sys.stdin.read() if args.once == "-" else args.once
+
+    def stream(text: str) -> None:
+        print(text, end="", flush=True)
+
+    def notice(text: str) -> None:
+        print(f"({text})", file=sys.stderr)
+
+    result = chat.run(
+        message,
+        model=args.model,
+        system=args.system,
+        gen=gen,
+        runtime=runtime,
+        on_text=None if args.json else stream,
+        on_notice=notice,
+    )
+    if args.json:
+        _emit(args, result, str)
+    else:
+        print()
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from nomoat import models
+
+    found = [models.describe(models.resolve(p)) for p in args.paths] if args.paths else models.available()
+    _emit(args, found, _format_models)
+
+
+def _format_models(found: list[dict[str, Any]]) -> str:
+    rows = [("NAME", "ARCH", "QUANT", "CONTEXT", "SIZE", "PATH")]
+    for m in found:
+        if "error" in m:
+            rows.append((m["name"], "-", "-", "-", "-", f"unusable: {m['error']}"))
+            continue
+        size = f"{m['bytes'] / 2**20:.0f} MiB"
+        rows.append((m["name"], m["architecture"], m["quantization"], str(m["context_length"]), size, m["path"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows)
+
+
+# -- the table -------------------------------------------------------------------------------------
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", default="default", help="'default' (bundled SmolLM2-135M), a .gguf, or a folder")
+    p.add_argument("--ctx", type=int, help="context window in tokens (default 4096, capped at the model's)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all this process may use)")
+
+
+def _add_gen_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-tokens", type=int, help="longest answer in tokens (default 512)")
+    p.add_argument("--temperature", "-t", type=float, help="0 = deterministic, higher = more varied (default 0.2)")
+    p.add_argument("--seed", type=int, help="sampling seed, for repeatable answers")
+
+
+def _setup_chat(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--once", metavar="MESSAGE", help="answer one message and exit ('-' reads it from stdin)")
+    p.add_argument("--system", help="system prompt (default: the model's own)")
+    p.add_argument("--json", action="store_true", help='with --once: print {"answer", "model", ...} as JSON')
+    _add_model_flags(p)
+    _add_gen_flags(p)
+
+
+def _setup_models(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="*", help="describe these model files/folders instead of the available ones")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {
+    "chat": ("chat with a model, interactively or --once", _setup_chat, cmd_chat),
+    "models": ("list the models you can run (size, architecture, context, quantization)", _setup_models, cmd_models),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from nomoat import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="nomoat",
+        description="Your own small LLM from your own files, offline.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"nomoat {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_text, setup, handler) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".")
+        setup(p)
+        p.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        args.handler(args)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"nomoat: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nnomoat: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `nomoat models | head`
+        sys.stderr.close()
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

