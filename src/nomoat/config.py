@@ -52,3 +52,39 @@ class ChatConfig:
 
     system: str | None = None
     """System prompt; None keeps the model template's own default."""
+
+
+@dataclass
+class StoreConfig:
+    """How a knowledge base's SQLite file is opened."""
+
+    busy_timeout_ms: int = 5000
+    """How long a writer waits for another connection's lock before SQLite raises 'database is locked'."""
+
+
+@dataclass
+class IngestConfig:
+    """Walking, reading, chunking and embedding files into a knowledge base."""
+
+    max_file_bytes: int = 64 * 2**20
+    """Files larger than this are recorded as failed without being read (also passed to the reader)."""
+    file_timeout_s: float = 30.0
+    """Wall-clock limit for reading and chunking one file; a looping parser is failed with 'timed out'."""
+    embed_batch: int = 256
+    """Chunks embedded per embedder call; several small documents share one call for throughput."""
+    target_tokens: int = 200
+    """Chunk size handed to the chunker."""
+    overlap_tokens: int = 30
+    """Tokens shared by neighbouring chunks, so a sentence cut at a boundary is still found whole."""
+    skip_dirs: tuple[str, ...] = ("node_modules", "__pycache__")
+    """Directory names never descended into (hidden directories such as .git are always skipped)."""
+
+
+@dataclass
+class SearchConfig:
+    """Fusing BM25 and vector search."""
+
+    candidates: int = 50
+    """Hits taken from each of BM25 and vector search before fusion (at least k)."""
+    rrf_k: int = 60
+    """Reciprocal rank fusion constant: score = sum(1 / (rrf_k + rank)); 60 from Cormack et al., SIGIR 2009."""
