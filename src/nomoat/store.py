@@ -333,6 +333,16 @@ def vector_search(conn: Connection, vector: np.ndarray, n: int) -> list[int]:
     return [r[0] for r in conn.execute(sql, (blob, min(int(n), 4096)))]  # vec0 caps k at 4096
 
 
+def cosines(conn: Connection, vector: np.ndarray, chunk_ids: Sequence[int]) -> dict[int, float]:
+    """``{chunk id: cosine similarity to vector}`` for the given chunks (a point lookup per id, no scan)."""
+    if embedder_of(conn) is None or not chunk_ids:
+        return {}
+    blob = np.ascontiguousarray(vector, dtype=np.float32).reshape(-1).tobytes()
+    marks = ",".join("?" * len(chunk_ids))
+    sql = f"SELECT rowid, vec_distance_cosine(embedding, ?) FROM chunks_vec WHERE rowid IN ({marks})"
+    return {r[0]: 1.0 - r[1] for r in conn.execute(sql, [blob, *(int(i) for i in chunk_ids)])}
+
+
 def get_chunks(conn: Connection, chunk_ids: Sequence[int]) -> dict[int, sqlean.Row]:
     """``{chunk id: row(id, text, location, heading, char_start, char_end, path)}`` for the given ids."""
     marks = ",".join("?" * len(chunk_ids))

@@ -1,0 +1,113 @@
+"""Search a knowledge base: BM25 (FTS5) and vector KNN (sqlite-vec), fused by reciprocal rank fusion.
+
+Basic version: no reranker, no relevance threshold yet (vector search always returns neighbours).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from nomoat import store
+from nomoat.config import SearchConfig
+from nomoat.errors import UserError
+
+if TYPE_CHECKING:
+    from nomoat.embeddings import Embedder
+
+_WORD = re.compile(r"\w+")
+_MAX_TERMS = 64  # a pasted page as the query should not become a 10,000-term OR
+
+
+def fts_query(text: str) -> str:
+    """User text → an FTS5 MATCH expression that cannot be a syntax error: quoted words joined by OR.
+
+    Quoting makes ``AND``, ``NEAR``, ``*``, ``:`` and parentheses plain words; ``"`` never occurs inside a
+    ``\\w+`` match, so a term cannot close its quotes. OR (not FTS5's implicit AND) because a natural-language
+    question rarely has all its words in one chunk; BM25 ranks chunks matching more (and rarer) terms first.
+    Returns "" when the text has no words.
+    """
+    terms = dict.fromkeys(t.lower() for t in _WORD.findall(text))  # de-duplicated, in order
+    return " OR ".join(f'"{t}"' for t in list(terms)[:_MAX_TERMS])
+
+
+def rrf(rankings: Sequence[Sequence[int]], k: int = 60) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion: ``score(id) = sum over rankings of 1 / (k + rank)``, rank from 1. Best first."""
+    scores: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, item in enumerate(ranking, start=1):
+            scores[item] = scores.get(item, 0.0) + 1.0 / (k + rank)
+    return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+@functools.lru_cache(maxsize=2)
+def _load(name: str) -> Embedder:
+    from nomoat.embeddings import load_embedder  # lazy, like every model load
+
+    return load_embedder(name)  # cached: a server answering many queries loads the model once
+
+
+def _query_embedder(recorded: tuple[str, int], given: Embedder | None) -> Embedder:
+    """The KB's own embedder: vectors from any other model are not comparable with the stored ones."""
+    if given is None:
+        return _load(recorded[0])
+    if (given.name, given.dim) != recorded:
+        raise UserError(f"knowledge base was embedded with {recorded[0]}, not {given.name}; re-ingest to switch")
+    return given
+
+
+def search(
+    query: str,
+    kb: str = "default",
+    k: int = 5,
+    *,
+    embedder: Embedder | None = None,
+    config: SearchConfig | None = None,
+) -> list[dict[str, Any]]:
+    """Top ``k`` chunks for ``query``: ``[{"path", "location", "score", "text", "chunk_id", "cosine"}]``, best first.
+
+    ``score`` is the fused RRF score (higher is better; at most 2 / (rrf_k + 1)); ``cosine`` is the chunk's cosine
+    similarity to the query's vector (None while the KB has no vectors), for relevance thresholds downstream,
+    since RRF scores only rank. ``embedder`` is for tests:
+    by default the KB's recorded embedder embeds the query. Raises UserError for an unknown KB or k < 1.
+    """
+    if k < 1:
+        raise UserError(f"k must be at least 1 (got {k})")
+    config = config or SearchConfig()
+    conn = store.open_kb(kb, create=False)
+    try:
+        if not query.strip():
+            return []
+        n = max(config.candidates, k)
+        rankings, cosine = [], {}
+        if match := fts_query(query):
+            rankings.append(store.fts_search(conn, match, n))
+        if recorded := store.embedder_of(conn):
+            vector = _query_embedder(recorded, embedder).embed([query])[0]
+            rankings.append(store.vector_search(conn, vector, n))
+        fused = rrf(rankings, config.rrf_k)[:k]
+        ids = [i for i, _ in fused]
+        rows = store.get_chunks(conn, ids)
+        if recorded:
+            cosine = store.cosines(conn, vector, ids)
+    finally:
+        conn.close()
+    return [
+        {
+            "path": r["path"],
+            "location": r["location"],
+            "score": round(s, 6),
+            "text": r["text"],
+            "chunk_id": i,
+            "cosine": round(cosine[i], 6) if i in cosine else None,
+        }
+        for i, s in fused
+        if (r := rows.get(i)) is not None
+    ]
+
+
+from nomoat._api import expose  # noqa: E402  (last, so the module is complete when it becomes callable)
+
+expose(__name__, search)

@@ -1,0 +1,121 @@
+"""retrieval.py: query sanitising, RRF fusion, the search contract, and the KB's own embedder for queries."""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+import nomoat
+from fakes import FakeEmbedder
+from nomoat import ingest, retrieval, store
+from nomoat.errors import UserError
+
+HOSTILE = [
+    '"foo AND (',
+    "NEAR",
+    "NEAR(a b, 3)",
+    "a OR",
+    "AND",
+    "NOT x",
+    "*",
+    "foo*",
+    "^start",
+    "col:value",
+    "text:apple",
+    "{text heading}: apple",
+    "'\"'\"",
+    "())(",
+    "-apple",
+    "+",
+    "\x00apple",
+    "日本語のテキスト",
+    "😀 apple 😀",
+    "é\u0301",
+    "_",
+    "apple " * 500,
+]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_embedder_cache():
+    retrieval._load.cache_clear()
+
+
+@pytest.fixture
+def kb(tmp_path) -> Path:
+    root = tmp_path / "notes"
+    root.mkdir()
+    (root / "fruit.txt").write_text("Apples and pears grow in the orchard behind the old mill.")
+    (root / "space.md").write_text("# Planets\n\nJupiter is the largest planet; its moons include Europa.")
+    (root / "code.txt").write_text("The function parse_config reads the TOML file and returns a dict.")
+    ingest.run([root], "t", embedder=FakeEmbedder(), progress=False)
+    return root
+
+
+def test_fts_query_quotes_every_term():
+    assert retrieval.fts_query('"foo AND (bar') == '"foo" OR "and" OR "bar"'
+    assert retrieval.fts_query("Foo foo FOO") == '"foo"'
+    assert retrieval.fts_query("  ?!  ") == ""
+    assert retrieval.fts_query("w " * 1000).count('"') == 2
+    assert len(retrieval.fts_query(" ".join(f"w{i}" for i in range(1000))).split(" OR ")) == retrieval._MAX_TERMS
+
+
+@pytest.mark.parametrize("query", HOSTILE)
+def test_hostile_queries_never_raise(kb, query):
+    hits = retrieval.search(query, "t", k=3, embedder=FakeEmbedder())
+    assert len(hits) <= 3
+
+
+def test_rrf_fuses_ranks():
+    fused = retrieval.rrf([[1, 2, 3], [3, 1]], k=60)
+    assert [i for i, _ in fused] == [1, 3, 2]
+    assert fused[0][1] == pytest.approx(1 / 61 + 1 / 62)
+    assert retrieval.rrf([]) == []
+
+
+def test_search_contract_and_ranking(kb):
+    hits = nomoat.search("orchard apples", kb="t", k=2, embedder=FakeEmbedder())
+    assert len(hits) == 2
+    assert set(hits[0]) == {"path", "location", "score", "text", "chunk_id", "cosine"}
+    q = FakeEmbedder().embed(["orchard apples"])[0]
+    assert hits[0]["cosine"] == pytest.approx(float(FakeEmbedder().embed([hits[0]["text"]])[0] @ q), abs=1e-5)
+    assert hits[0]["path"] == str((kb / "fruit.txt").resolve())
+    assert "orchard" in hits[0]["text"]
+    assert hits[0]["score"] >= hits[1]["score"] > 0
+    conn = store.open_kb("t", create=False)
+    row = conn.execute("SELECT text FROM chunks WHERE id = ?", (hits[0]["chunk_id"],)).fetchone()
+    conn.close()
+    assert row[0] == hits[0]["text"]
+
+
+def test_porter_stemming_matches_word_forms(kb):
+    assert "planet" in retrieval.search("planets", "t", k=1, embedder=FakeEmbedder())[0]["text"]
+
+
+def test_k_and_empty_query(kb):
+    assert len(retrieval.search("the", "t", k=10, embedder=FakeEmbedder())) == 3  # only 3 chunks exist
+    assert retrieval.search("   ", "t", embedder=FakeEmbedder()) == []
+    with pytest.raises(UserError, match="k must be at least 1"):
+        retrieval.search("x", "t", k=0)
+
+
+def test_unknown_kb_is_a_user_error():
+    with pytest.raises(UserError, match=r"no knowledge base 'x': run `nomoat ingest PATH` first"):
+        retrieval.search("anything", "x")
+
+
+def test_queries_use_the_kb_embedder(kb, monkeypatch):
+    loaded = []
+    fake_module = types.SimpleNamespace(load_embedder=lambda name: loaded.append(name) or FakeEmbedder())
+    monkeypatch.setitem(sys.modules, "nomoat.embeddings", fake_module)
+    retrieval.search("apples", "t")
+    retrieval.search("planets", "t")
+    assert loaded == [FakeEmbedder().name]  # loaded once, by the name the KB recorded
+
+    other = FakeEmbedder()
+    other.name = "other@1"  # same vectors, another model's name: must still be refused
+    with pytest.raises(UserError, match="embedded with"):
+        retrieval.search("apples", "t", embedder=other)
