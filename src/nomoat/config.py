@@ -88,3 +88,35 @@ class SearchConfig:
     """Hits taken from each of BM25 and vector search before fusion (at least k)."""
     rrf_k: int = 60
     """Reciprocal rank fusion constant: score = sum(1 / (rrf_k + rank)); 60 from Cormack et al., SIGIR 2009."""
+
+
+@dataclass
+class RagConfig:
+    """Answering from a knowledge base (``nomoat ask``, grounded chat): retrieval, prompt budget, checks."""
+
+    k: int = 5
+    """Chunks retrieved per question; the best-ranked ones that fit ``max_source_tokens`` go into the prompt."""
+    max_source_tokens: int = 1200
+    """Prompt tokens for sources (also capped by the model's context). ~12 s of prefill for the bundled model."""
+    min_source_tokens: int = 48
+    """A source trimmed to fewer tokens than this is dropped rather than shown as a fragment."""
+    max_answer_tokens: int = 160
+    """Answer length when no GenerationConfig is given (answers are meant to be one or two sentences)."""
+    min_cosine: float = 0.50
+    """Answer only if some hit's query/chunk cosine similarity (retrieval's ``"cosine"``) reaches this.
+
+    Calibrated for all-MiniLM-L6-v2 on Debian git-doc (6150 chunks of 200 tokens, RRF top 5): 50 answerable
+    questions (bench/questions/git_embed.jsonl) and 24 unanswerable ones (off-topic, and near-topic such as
+    "GitHub Actions", "Jenkins"). Max top-5 cosine: 0.44 answers 96% / abstains 71%, 0.48 -> 92% / 79%,
+    0.50 -> 90% / 83%, 0.52 -> 86% / 83%. Another embedder needs its own value."""
+    min_coverage: float = 1.0
+    """... or some hit holds this fraction of the question's content terms (a keyword query such as
+    "push timeout" can have a low cosine). Below 1.0 it let through "file my tax return" (0.67) in calibration."""
+    min_support: float = 0.5
+    """Fraction of a generated answer's content terms that must occur in its cited sources."""
+    quote_chars: int = 200
+    """Longest quote shown under a citation; longer sentences are cut to their best-matching window."""
+    extract_sentences: int = 2
+    """Most sentences an extractive (fallback) answer quotes."""
+    history_turns: int = 2
+    """Earlier user turns joined to a follow-up question ("and its default?") to form the retrieval query."""

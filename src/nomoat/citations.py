@@ -1,0 +1,389 @@
+"""Check an answer against its sources: citation markers, facts, supporting quotes, and the extractive fallback.
+
+Pure functions over strings; no model, no I/O. A *source* is ``{"path", "location", "text"}`` and is numbered from
+1 in the order given (the order of the prompt). Quotes are always exact substrings of a source's ``text``, so they
+appear verbatim in the text extracted from the file.
+
+What counts as a *fact* (:func:`facts`): numbers and any word with a digit (``8080``, ``sha256``, ``HEAD~1``'s
+``1``), ``--flags``/``-f``, ``snake_case``, ``dotted.names``, ``camelCase``/``CamelCase``, and text in backticks
+or double quotes. These are what a small model invents; ordinary words are checked only as overlap.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+Source = dict[str, Any]
+Citation = dict[str, Any]
+
+_STOP = frozenset(
+    """a about above after again all also am an and any are as at be because been before being below between both
+    but by can cannot could did do does doing done down during each few for from further get gets got had has have
+    having he her here hers him his how i if in into is it its itself just let like may me might more most much must
+    my no nor not now of off on once only or other our out over own please same shall she should so some such than
+    that the their them then there these they this those through to too under until up us use used using very want
+    was way we were what when where which while who whom why will with would you your yours tell show explain know
+    need does something thing things one make sure way""".split()  # noqa: SIM905  (a word list reads better as text)
+)
+_ABBREVIATIONS = frozenset(["e.g", "i.e", "etc", "vs", "cf", "mr", "mrs", "dr", "no", "fig", "al", "approx", "resp"])
+
+# Words split at case changes and digits so `maxRetries`, `push_timeout` and "max retries" share terms.
+_WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+_MARKER = re.compile(r"\s?\[(?:sources?\s*)?(\d+(?:\s*(?:,|;|-|–|and)\s*\d+)*)\]", re.IGNORECASE)
+_LIST_NUMBER = re.compile(r"^\s*\d+[.)]\s+", re.MULTILINE)  # "1. Run ..." enumerates; it states no fact
+_QUOTED = re.compile(r"`([^`\n]+)`|\"([^\"\n]{2,200})\"|“([^”\n]{2,200})”")
+_MANPAGE = re.compile(r"(?<![\w.-])[A-Za-z][\w.-]*\(\d\w*\)")
+_FACT_PATTERNS = [
+    re.compile(r"(?<![\w-])--?[A-Za-z][\w-]*"),  # --flags, -f
+    re.compile(r"\b\w*[A-Za-z0-9]_\w+"),  # snake_case, ORIG_HEAD
+    re.compile(r"(?<![\w-])[A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*)+\b"),  # dotted.names, git-blame.html
+    re.compile(r"\b[a-z]+[A-Z]\w*|\b[A-Z][a-z0-9]+[A-Z]\w*"),  # camelCase, CamelCase
+    re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*(?!\w)"),  # numbers: 8080, 1.5, 8,080 (not the 2 of v2)
+    re.compile(r"\b[A-Za-z]+\d\w*"),  # sha256, v2
+]
+# Sentence ends: . ! ? (plus closing quotes/brackets) then whitespace then something that starts a sentence.
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9\"'(\[`<$-])")
+_NEW_UNIT_LINE = re.compile(r"\s*(?:[-*•+]\s|\d+[.)]\s|#|\$ |>>> |\|)")
+_CODE_LINE = re.compile(r"\s*(?:\$ |>>> |\|)")
+
+
+def stem(word: str) -> str:
+    """A deliberately crude English stemmer: plurals and -ing/-ed, so "commits"/"committed" meet "commit"."""
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 5 and word.endswith("ing"):
+        word = word[:-3]
+    elif len(word) > 4 and word.endswith("ed"):
+        word = word[:-2]
+    elif len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+        word = word[:-1]
+    if len(word) > 3 and word[-1] == word[-2] and word[-1] not in "ls":  # committ -> commit, stopp -> stop
+        word = word[:-1]
+    return word.removesuffix("e") if len(word) > 4 else word  # merge/merging/merged meet at "merg"
+
+
+def terms(text: str) -> list[str]:
+    """Content terms of ``text`` in order: lower-cased, stemmed words without stop words or single letters."""
+    out = []
+    for w in _WORD.findall(text):
+        w = w.lower()
+        if (len(w) > 1 or w.isdigit()) and w not in _STOP:
+            out.append(stem(w))
+    return out
+
+
+def sentences(text: str) -> list[tuple[int, int]]:
+    """Spans ``(start, end)`` of the sentences of ``text``, stripped of surrounding whitespace and bullets.
+
+    Paragraphs (blank lines) and list items, headings, shell prompts and table rows end a unit; wrapped lines
+    are joined (so ``--soft`` followed by its description is one unit); inside a unit a period followed by a
+    space and a capital ends a sentence, while ``file.txt``, ``e.g. this`` and ``--no-ff.`` at a line end do not.
+    """
+    spans: list[tuple[int, int]] = []
+    for unit_start, unit_end in _units(text):
+        start = unit_start
+        for m in _SENTENCE_END.finditer(text, unit_start, unit_end):
+            before = text[start : m.start()].rsplit(None, 1)
+            if before and before[-1].rstrip(".").lower() in _ABBREVIATIONS:
+                continue
+            spans.append((start, m.start()))
+            start = m.end()
+        spans.append((start, unit_end))
+    return [s for s in (_strip(text, a, b) for a, b in spans) if s[1] > s[0]]
+
+
+def _units(text: str) -> Iterable[tuple[int, int]]:
+    start = 0
+    pos = 0
+    for line in text.splitlines(keepends=True):
+        line_start, pos = pos, pos + len(line)
+        prev = text[start:line_start].rstrip()
+        last_line = prev.rsplit("\n", 1)[-1]
+        if line_start > start and (
+            not line.strip()
+            or not prev
+            or prev.endswith((".", "!", "?", ":"))
+            or _NEW_UNIT_LINE.match(line)
+            or _CODE_LINE.match(last_line)  # a command line is a unit of its own
+        ):
+            yield start, line_start
+            start = line_start
+    yield start, len(text)
+
+
+def _strip(text: str, a: int, b: int) -> tuple[int, int]:
+    while a < b and (text[a].isspace() or (text[a] in "-*•+" and a + 1 < b and text[a + 1] == " ")):
+        a += 1
+    while b > a and text[b - 1].isspace():
+        b -= 1
+    return a, b
+
+
+def facts(answer: str) -> list[str]:
+    """The checkable facts of an answer (markers already removed), de-duplicated, in order of appearance."""
+    text = _LIST_NUMBER.sub(" ", answer)
+    found: list[str] = []
+    for m in _QUOTED.finditer(text):
+        found.append(next(g for g in m.groups() if g is not None).strip())
+    text = _QUOTED.sub(" ", text)
+    found += [m.group() for m in _MANPAGE.finditer(text)]  # git-log(1) is one name, not a name and a number
+    text = _MANPAGE.sub(" ", text)
+    for pattern in _FACT_PATTERNS:
+        for m in pattern.finditer(text):
+            fact = m.group().rstrip(".,-")
+            if fact and fact.lower() not in _ABBREVIATIONS:
+                found.append(fact)
+    return [f for f in dict.fromkeys(found) if f.strip(" .,;:!?'\"")]
+
+
+def occurs(fact: str, text: str) -> bool:
+    """Whether ``fact`` is stated in ``text``: whole-token match, case-insensitive; numbers ignore , separators.
+
+    Multi-word facts (quotes, code) match after collapsing whitespace and ignoring surrounding punctuation.
+    """
+    if re.fullmatch(r"\d+(?:[.,]\d+)*", fact):
+        wanted = fact.replace(",", "")
+        return any(n.replace(",", "") == wanted for n in re.findall(r"(?<![\w.])\d+(?:[.,]\d+)*", text))
+    if re.search(r"\s", fact) or not re.fullmatch(r"[\w.~^/-]+", fact):
+        return _squash(fact.strip(" .,;:!?'\"")) in _squash(text)
+    return re.search(rf"(?<![\w-]){re.escape(fact)}(?![\w-])", text, re.IGNORECASE) is not None
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+# -- citation markers -------------------------------------------------------------------------------------------
+def parse_markers(answer: str, n_sources: int) -> tuple[str, list[int]]:
+    """Normalise ``[n]`` markers: keep those naming a source 1..n_sources as ``[n]`` runs, drop the others.
+
+    Accepts ``[1, 2]``, ``[1-3]``, ``[source 2]``. Returns the rewritten answer and the cited source numbers in
+    order of first appearance.
+    """
+    cited: list[int] = []
+
+    def rewrite(m: re.Match[str]) -> str:
+        numbers: list[int] = []
+        for part in re.split(r"\s*(?:,|;|and)\s*", m.group(1)):
+            bounds = [int(x) for x in re.split(r"\s*[-–]\s*", part) if x]
+            lo, hi = bounds[0], bounds[-1]
+            numbers += range(lo, hi + 1) if hi - lo < 10 else [lo, hi]
+        valid = [n for n in dict.fromkeys(numbers) if 1 <= n <= n_sources]
+        cited.extend(n for n in valid if n not in cited)
+        lead = " " if m.group().startswith(" ") else ""
+        return lead + "".join(f"[{n}]" for n in valid) if valid else ""
+
+    return _MARKER.sub(rewrite, answer), cited
+
+
+def clean_echo(answer: str) -> str:
+    """Remove prompt scaffolding a small model copies into its answer: ``<<<``/``>>>`` fences and the
+    ``(path, location)`` that follows a source number in the prompt's headers (``[1] (a.md, lines 1-4)``)."""
+
+    def header(m: re.Match[str]) -> str:
+        looks_like_source = re.search(r"[./§]|\b(?:lines?|page)\b", m.group(2))
+        return m.group(1) if looks_like_source else m.group()
+
+    answer = re.sub(r"(\[\d+\])[ \t]*(\((?:[^()\n]|\([^()\n]*\))*,(?:[^()\n]|\([^()\n]*\))*\))", header, answer)
+    answer = re.sub(r"[ \t]*(?:<<<|>>>)[ \t]*", " ", answer)
+    return re.sub(r"[ \t]{2,}", " ", answer).strip()
+
+
+def renumber(answer: str, order: Sequence[int]) -> str:
+    """Rewrite markers ``[old]`` as ``[new]`` where ``new`` is the 1-based position of ``old`` in ``order``."""
+    mapping = {old: new for new, old in enumerate(order, start=1)}
+    return re.sub(r"\[(\d+)\]", lambda m: f"[{mapping[int(m.group(1))]}]", answer)
+
+
+def strip_markers(answer: str) -> str:
+    return re.sub(r"\s?\[\d+\]", "", answer)
+
+
+# -- quotes -----------------------------------------------------------------------------------------------------
+def best_quote(text: str, weights: dict[str, float], wanted: Sequence[str] = (), max_chars: int = 200) -> str:
+    """The sentence of ``text`` that best supports an answer: an exact substring of at most ``max_chars``.
+
+    Scores a sentence by the summed ``weights`` of its distinct terms, plus 2 per ``wanted`` fact it states; a
+    sentence longer than ``max_chars`` is cut to its best-scoring window (at word ends).
+    """
+    spans = sentences(text) or [_strip(text, 0, len(text))]
+
+    a, b = max(spans, key=lambda s: (_score(text[s[0] : s[1]], weights, wanted), -s[0]))
+    return clip(text, a, b, weights, wanted, max_chars)
+
+
+def clip(text: str, a: int, b: int, weights: dict[str, float], wanted: Sequence[str] = (), max_chars: int = 200) -> str:
+    """``text[a:b]`` if short enough, else its best-scoring window of whole words of at most ``max_chars``."""
+    if b - a <= max_chars:
+        return text[a:b]
+    best, best_score = (a, a + max_chars), -1.0
+    for s in [a] + [a + m.end() for m in re.finditer(r"\s+", text[a:b])]:
+        e = min(b, s + max_chars)
+        if e < b and (spaces := [m.start() for m in re.finditer(r"\s", text[s : e + 1])]):
+            e = s + spaces[-1]  # end at a word end
+        window = text[s:e]
+        score = _score(window, weights, wanted)
+        if score > best_score:
+            best, best_score = (s, e), score
+        if e == b:
+            break
+    s, e = _strip(text, *best)
+    return text[s:e]
+
+
+def _score(piece: str, weights: dict[str, float], wanted: Sequence[str]) -> float:
+    return sum(weights.get(t, 0.0) for t in set(terms(piece))) + 2.0 * sum(occurs(f, piece) for f in wanted)
+
+
+# -- extractive answers ------------------------------------------------------------------------------------------
+def extractive(
+    question: str, sources: Sequence[Source], *, max_sentences: int = 2, max_chars: int = 200
+) -> tuple[str, list[Citation]]:
+    """Answer with the sentence(s) of ``sources`` that best match ``question``, quoted and cited.
+
+    A sentence scores the IDF (over all sentences of the sources) of the distinct question terms it contains,
+    divided by its length in units of 20 terms (when longer), times 1.15 for answer-like content (a command,
+    flag, number or identifier), times its chunk's coverage of the question terms, divided by ``1 + 0.6 * rank``
+    of its source: retrieval's ranking is the best evidence of which chunk answers. Headings, code fences and
+    sentences of fewer than 3 content terms are not answers. (Tuned on 50 git-doc questions: the pick cites
+    the gold page as often as retrieval ranks it first, vs 20 of 50 for a flat 0.04 rank decay.)
+    A second sentence is added when it scores at least 60% of the best and brings a question term the first
+    lacks, or when the first ends with ":" (it introduces the next line). Returns ``(answer, citations)``; the
+    answer is ``""`` when the sources have no text.
+    """
+    units = [(i, a, b) for i, src in enumerate(sources) for a, b in sentences(src["text"])]
+    if not units:
+        return "", []
+    unit_terms = [set(terms(sources[i]["text"][a:b])) for i, a, b in units]
+    wanted = set(terms(question))
+    df = {t: sum(t in ts for ts in unit_terms) for t in wanted}
+    idf = {t: math.log((len(units) + 1) / (df[t] + 0.5)) for t in wanted if df[t]}
+    chunk_coverage = [len(wanted & set(terms(s["text"]))) / max(1, len(wanted)) for s in sources]
+
+    def score(j: int) -> float:
+        i, a, b = units[j]
+        piece = sources[i]["text"][a:b]
+        if len(unit_terms[j]) < 3 or piece.startswith(("#", "```", "~~~")):
+            return 0.0
+        matched = sum(idf.get(t, 0.0) for t in unit_terms[j])
+        answer_like = 1.15 if facts(piece) else 1.0
+        length = max(1.0, len(unit_terms[j]) / 20)
+        fragment = 0.5 if a == 0 and piece[0].islower() else 1.0  # a chunk's overlap can start mid-sentence
+        return fragment * matched * answer_like * chunk_coverage[i] / (1.0 + 0.6 * i) / length
+
+    scores = [score(j) for j in range(len(units))]
+    best = max(range(len(units)), key=lambda j: (scores[j], -j))
+    if scores[best] == 0.0:  # no question term anywhere: the top source's first real sentence is the best we have
+        best = next((j for j in range(len(units)) if len(unit_terms[j]) >= 3), 0)
+    chosen = [best]
+    i, a, b = units[best]
+    follows = [j for j in range(best + 1, len(units)) if units[j][0] == i and not _fence(units[j], sources)][:1]
+    if sources[i]["text"][a:b].endswith(":") and follows:
+        chosen += follows  # "To undo it, run:" is followed by the command
+    elif max_sentences > 1:
+        missing = {t for t in idf if t not in unit_terms[best]}
+        first = _squash(sources[i]["text"][a:b])
+        extra = [j for j in range(len(units)) if j != best and scores[j] >= 0.6 * scores[best] > 0]
+        extra = [j for j in extra if unit_terms[j] & missing and not _overlaps(first, _unit_text(units[j], sources))]
+        if extra:
+            chosen.append(max(extra, key=lambda j: (scores[j], -j)))
+    weights = {t: idf.get(t, 0.0) + 0.1 for t in wanted}
+    order: list[int] = []
+    parts, citations = [], []
+    for j in chosen[:max_sentences]:
+        i, a, b = units[j]
+        quote = clip(sources[i]["text"], a, b, weights, (), max_chars)
+        if i not in order:
+            order.append(i)
+            citations.append(_citation(len(order), sources[i], quote))
+        parts.append(f'"{" ".join(quote.split())}" [{order.index(i) + 1}]')
+    return " ".join(parts), citations
+
+
+def _unit_text(unit: tuple[int, int, int], sources: Sequence[Source]) -> str:
+    i, a, b = unit
+    return str(sources[i]["text"][a:b])
+
+
+def _fence(unit: tuple[int, int, int], sources: Sequence[Source]) -> bool:
+    return _unit_text(unit, sources).startswith(("```", "~~~"))
+
+
+def _overlaps(first: str, other: str) -> bool:
+    """Whether two sentences repeat each other (neighbouring chunks overlap, so a sentence can come twice)."""
+    other = _squash(other)
+    return other in first or first in other
+
+
+def _citation(n: int, source: Source, quote: str) -> Citation:
+    return {"n": n, "path": source["path"], "location": source["location"], "quote": quote}
+
+
+# -- checking a generated answer ----------------------------------------------------------------------------------
+def verify(
+    answer: str, question: str, sources: Sequence[Source], *, min_support: float = 0.5, max_chars: int = 200
+) -> tuple[str, list[Citation]] | str:
+    """Check a generated answer against the sources it was given.
+
+    1. ``[n]`` markers must name a given source; others are dropped, the rest renumbered 1.. in order of use.
+    2. Every fact (see :func:`facts`) must occur in a cited source; if the answer cites nothing, in any source,
+       which is then cited.
+    3. At least ``min_support`` of the answer's content terms must occur in the cited sources (or, citing
+       nothing, in the source sharing most of them, which is then cited).
+    4. The answer must share a term with the question or state a fact, and each citation gets a quote
+       (:func:`best_quote`); citations whose quote shares nothing with the answer are dropped, and some quote
+       must share a term with the question, so an answer lifted from an off-topic passage ("PWNED") fails.
+
+    Returns ``(answer, citations)`` when the answer passes, else a one-line reason it failed.
+    """
+    text, cited = parse_markers(clean_echo(answer), len(sources))
+    body = strip_markers(text)
+    answer_terms = set(terms(body))
+    if not answer_terms:
+        return "the answer has no content"
+    src_terms = [set(terms(s["text"])) for s in sources]
+    found = facts(body)
+    # A source states what its text says, and also its own file name ("see git-blame.html"); numbers only count
+    # from the text, so "version 2" is never supported by a path like "v2/notes.md" or a location "lines 1-2".
+    stated = {
+        n: {f for f in found if occurs(f, s["text"]) or (not re.search(r"\d", f) and occurs(f, s["path"]))}
+        for n, s in enumerate(sources, start=1)
+    }
+    added: list[int] = []
+    for fact in found:
+        holders = [n for n in stated if fact in stated[n]]
+        if cited and not set(holders) & set(cited):
+            return f"{fact!r} is not in the cited source(s)"
+        if not holders:
+            return f"{fact!r} is not in any source"
+        if not cited and not set(holders) & set(added):
+            added.append(holders[0])
+    scope = cited + added
+    if not scope:
+        scope = [max(range(1, len(sources) + 1), key=lambda n: (len(answer_terms & src_terms[n - 1]), -n))]
+        added = scope
+    covered = answer_terms & set().union(*(src_terms[n - 1] for n in scope))
+    if len(covered) < min_support * len(answer_terms):
+        return f"only {len(covered)} of {len(answer_terms)} answer terms occur in the sources"
+    question_terms = set(terms(question))
+    if not answer_terms & question_terms and not found:  # "[1] is a reference to [2]." passes every other test
+        return "the answer states no fact and shares no term with the question"
+    weights = {t: 1.0 for t in answer_terms} | {t: 0.5 for t in question_terms - answer_terms}
+    quotes = {n: best_quote(sources[n - 1]["text"], weights, found, max_chars) for n in scope}
+    # A cited source that states none of the facts and shares no term with the answer supports nothing: uncite it.
+    idle = [n for n in scope if not set(terms(quotes[n])) & answer_terms and not any(f in stated[n] for f in found)]
+    scope = [n for n in scope if n not in idle]
+    if not scope:
+        return "the cited sources do not support the answer"
+    for n in idle:
+        text = re.sub(rf"\s?\[{n}\]", "", text)
+    if not any(set(terms(quotes[n])) & question_terms for n in scope):
+        return "the supporting text does not address the question"
+    if added and not cited:
+        marks = "".join(f"[{n}]" for n in added)
+        text = re.sub(r"([.!?]?)\s*$", lambda m: f" {marks}{m.group(1)}", text, count=1)
+    citations = [_citation(new, sources[old - 1], quotes[old]) for new, old in enumerate(scope, start=1)]
+    return renumber(text, scope), citations
