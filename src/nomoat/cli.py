@@ -18,6 +18,8 @@ EPILOG = """examples:
   nomoat chat --once "What is the capital of France?"   one answer from the bundled model
   nomoat chat                                           interactive chat (/exit to quit)
   nomoat models                                         models you can run, with size and format
+  nomoat ingest ~/notes                                 build or sync the knowledge base from your files
+  nomoat search "how do I undo a commit" -k 3           find the passages that answer it
 
 state lives in $NOMOAT_HOME (default: your user data folder); --model takes 'default', a .gguf file or a folder."""
 
@@ -114,6 +116,67 @@ def _format_models(found: list[dict[str, Any]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows)
 
 
+def cmd_ingest(args: argparse.Namespace) -> None:
+    from nomoat import ingest
+
+    report = ingest.run(args.paths, kb=args.kb, progress=not args.json)
+    _emit(args, report, _format_ingest)
+
+
+def _format_ingest(r: dict[str, Any]) -> str:
+    line = (
+        f"{r['added']} added, {r['updated']} updated, {r['unchanged']} unchanged, {r['removed']} removed, "
+        f"{len(r['failed'])} failed; {r['chunks']} chunks written"
+    )
+    failed = [f"  failed: {f['path']}: {f['error']}" for f in r["failed"]]
+    return "\n".join([line, *failed])
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    from nomoat import retrieval
+
+    if args.k < 1:
+        raise UserError("-k must be at least 1")
+    hits = retrieval.search(args.query, kb=args.kb, k=args.k)
+    _emit(args, hits, _format_hits)
+
+
+def _format_hits(hits: list[dict[str, Any]]) -> str:
+    if not hits:
+        return "no results"
+    out = []
+    for i, h in enumerate(hits, 1):
+        snippet = " ".join(h["text"].split())
+        out.append(f"[{i}] {h['path']} ({h['location']})  score {h['score']:.3f}\n    {snippet[:300]}")
+    return "\n".join(out)
+
+
+def cmd_kb(args: argparse.Namespace) -> None:
+    from nomoat import store
+
+    if args.action == "list":
+        _emit(args, store.list_kbs(), _format_kbs)
+    elif args.action == "info":
+        _emit(args, store.kb_info(args.name or "default"), _format_kb_info)
+    else:
+        if not args.name:
+            raise UserError("name the knowledge base to remove: nomoat kb remove NAME")
+        removed = store.remove_kb(args.name)
+        _emit(args, {"removed": args.name, "path": removed}, lambda r: f"removed knowledge base {r['removed']!r}")
+
+
+def _format_kbs(kbs: list[dict[str, Any]]) -> str:
+    if not kbs:
+        return "no knowledge bases yet: nomoat ingest PATH"
+    return "\n".join(f"{k['name']:20} {k['documents']:7} docs {k['chunks']:8} chunks  {k['path']}" for k in kbs)
+
+
+def _format_kb_info(info: dict[str, Any]) -> str:
+    lines = [f"{k}: {v}" for k, v in info.items() if k != "failed"]
+    lines += [f"failed: {f['path']}: {f['error']}" for f in info.get("failed", [])]
+    return "\n".join(lines)
+
+
 # -- the table -------------------------------------------------------------------------------------
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", default="default", help="'default' (bundled SmolLM2-135M), a .gguf, or a folder")
@@ -140,9 +203,31 @@ def _setup_models(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def _setup_ingest(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders to add; re-run to sync changes")
+    p.add_argument("--kb", default="default", help="knowledge base name (default: default)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON (no progress bar)")
+
+
+def _setup_search(p: argparse.ArgumentParser) -> None:
+    p.add_argument("query", help="what to look for")
+    p.add_argument("-k", type=int, default=5, help="number of results (default 5)")
+    p.add_argument("--kb", default="default", help="knowledge base name (default: default)")
+    p.add_argument("--json", action="store_true", help='[{"path","location","score","text","chunk_id"}]')
+
+
+def _setup_kb(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["list", "info", "remove"], help="list all, describe one, or delete one")
+    p.add_argument("name", nargs="?", help="knowledge base name (info: default 'default')")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {
     "chat": ("chat with a model, interactively or --once", _setup_chat, cmd_chat),
     "models": ("list the models you can run (size, architecture, context, quantization)", _setup_models, cmd_models),
+    "ingest": ("add files and folders to a knowledge base (incremental, resumable)", _setup_ingest, cmd_ingest),
+    "search": ("search a knowledge base (BM25 + vectors, fused)", _setup_search, cmd_search),
+    "kb": ("list, describe or remove knowledge bases", _setup_kb, cmd_kb),
 }
 
 

@@ -11,9 +11,11 @@ Two safety rules live here:
 
 from __future__ import annotations
 
+import atexit
 import codecs
 import contextlib
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -285,7 +287,7 @@ def _load_llama(path: Path, config: RuntimeConfig, n_ctx: int) -> Any:
     except ImportError as exc:  # pragma: no cover - install problem
         raise UserError(f"llama-cpp-python is not installed ({exc}); run `make install`") from None
     try:
-        return Llama(
+        llama = Llama(
             model_path=str(path),
             n_ctx=n_ctx,
             n_batch=min(config.n_batch, n_ctx),
@@ -297,6 +299,20 @@ def _load_llama(path: Path, config: RuntimeConfig, n_ctx: int) -> Any:
     except Exception as exc:  # any loader failure (ValueError, jinja2 errors in extra templates) is the file's
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"llama.cpp could not load {path.name}: {reason}") from None
+    _live.add(llama)
+    return llama
+
+
+# llama-cpp-python frees its model in __del__; at interpreter exit its C bindings may already be gone, which
+# prints "TypeError: 'NoneType' object is not callable". Closing live models while Python is intact avoids it.
+_live: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for llama in list(_live):
+        with contextlib.suppress(Exception):
+            llama.close()
 
 
 _cache: dict[tuple[Any, ...], Model] = {}
