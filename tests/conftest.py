@@ -26,3 +26,9 @@ def nomoat_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mo
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A valid tiny random Llama GGUF with a ChatML template (read-only: copy it before corrupting)."""
     return write_tiny_llama(tmp_path_factory.mktemp("models") / "tiny.gguf")
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf_4k(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Like ``tiny_gguf`` with a 4096-token context: its byte-level tokens need room for a prompt with sources."""
+    return write_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-4k.gguf", context_length=4096)

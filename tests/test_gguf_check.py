@@ -25,9 +25,7 @@ def _tensor_field(data: bytes, name: bytes, field: str) -> int:
     """Byte offset of a field in the tensor-table entry of ``name`` (n_dims, dim0, type or offset)."""
     start = data.index(struct.pack("<Q", len(name)) + name) + 8 + len(name)
     n_dims = struct.unpack_from("<I", data, start)[0]
-    return {"n_dims": start, "dim0": start + 4, "type": start + 4 + 8 * n_dims, "offset": start + 8 + 8 * n_dims}[
-        field
-    ]
+    return {"n_dims": start, "dim0": start + 4, "type": start + 4 + 8 * n_dims, "offset": start + 8 + 8 * n_dims}[field]
 
 
 def _value_offset(data: bytes, key: bytes) -> int:
@@ -53,7 +51,9 @@ BYTE_CORRUPTIONS: dict[str, Callable[[bytes], bytes]] = {
     "bad-value-type": lambda d: _patch(d, 24 + 8 + struct.unpack_from("<Q", d, 24)[0], struct.pack("<I", 77)),
     "array-length-huge": lambda d: _patch(d, _value_offset(d, b"tokenizer.ggml.tokens") + 4, struct.pack("<Q", 2**33)),
     "tensor-type-unknown": lambda d: _patch(d, _tensor_field(d, b"output.weight", "type"), struct.pack("<I", 999)),
-    "tensor-offset-outside": lambda d: _patch(d, _tensor_field(d, b"output.weight", "offset"), struct.pack("<Q", 2**40)),
+    "tensor-offset-outside": lambda d: _patch(
+        d, _tensor_field(d, b"output.weight", "offset"), struct.pack("<Q", 2**40)
+    ),
     "tensor-dims-7": lambda d: _patch(d, _tensor_field(d, b"output.weight", "n_dims"), struct.pack("<I", 7)),
     "tensor-dim-zero": lambda d: _patch(d, _tensor_field(d, b"output.weight", "dim0"), struct.pack("<Q", 0)),
     "tensor-dim-huge": lambda d: _patch(d, _tensor_field(d, b"token_embd.weight", "dim0"), struct.pack("<Q", 2**45)),

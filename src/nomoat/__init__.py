@@ -23,6 +23,7 @@ _STAGES = {
     "models": "nomoat.models",
     "ingest": "nomoat.ingest",
     "search": "nomoat.retrieval",
+    "ask": "nomoat.rag",
 }
 
 

@@ -1,6 +1,8 @@
 """``nomoat chat``: talk to a model, one message (``--once``) or interactively with history.
 
-Plain chat for now; grounding in a knowledge base arrives with retrieval (issue 4).
+With a knowledge base (the default one exists, or ``--kb NAME``) every turn is grounded: :func:`nomoat.rag.ask`
+retrieves with the conversation in mind, checks the answer against its sources, and the sources are printed under
+it. Without one (or with ``--no-kb``) it is plain chat with the model.
 """
 
 from __future__ import annotations
@@ -54,16 +56,34 @@ def run(
     }
 
 
+def grounding_kb(kb: str | None, *, explicit: bool) -> str | None:
+    """The knowledge base to ground in: ``kb`` if it exists. A KB the user named must exist (UserError); the
+    implicit ``default`` that does not exist just means plain chat."""
+    from nomoat import paths
+
+    if kb is None:
+        return None
+    if paths.kb_path(kb).exists():
+        return kb
+    if explicit:
+        raise UserError(f"no knowledge base '{kb}': run `nomoat ingest PATH --kb {kb}` first, or chat with --no-kb")
+    return None
+
+
 def interactive(
     *,
     model: str | Path | None = None,
+    kb: str | None = None,
     config: ChatConfig | None = None,
     gen: GenerationConfig | None = None,
     runtime: RuntimeConfig | None = None,
     stdin: TextIO | None = None,
     stdout: TextIO | None = None,
 ) -> None:
-    """The chat loop: streams each answer, keeps the history, Ctrl-C stops an answer, Ctrl-D or /exit quits."""
+    """The chat loop: streams each answer, keeps the history, Ctrl-C stops an answer, Ctrl-D or /exit quits.
+
+    With ``kb`` (an existing knowledge base) each turn is answered by :func:`nomoat.rag.ask` and its sources are
+    printed under the answer."""
     from nomoat import runtime as rt
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
@@ -72,7 +92,8 @@ def interactive(
     if tty:
         import readline  # noqa: F401  (line editing and history for input())
     llm = rt.load(model, runtime)  # load once, before the first prompt, so errors show up at once
-    print(f"nomoat chat with {llm.name} ({HELP})", file=stdout)
+    grounding = f", answering from knowledge base '{kb}'" if kb else ""
+    print(f"nomoat chat with {llm.name}{grounding} ({HELP})", file=stdout)
     history: list[dict[str, str]] = []
     while True:
         try:
@@ -97,7 +118,10 @@ def interactive(
             print(HELP, file=stdout)
             continue
         print("bot> ", end="", file=stdout, flush=True)
-        answer = _answer_streaming(line, history, model, config, gen, runtime, stdout)
+        if kb:
+            answer = _answer_grounded(line, history, llm, kb, gen, stdout)
+        else:
+            answer = _answer_streaming(line, history, model, config, gen, runtime, stdout)
         history += [{"role": "user", "content": line}, {"role": "assistant", "content": answer}]
 
 
@@ -126,6 +150,22 @@ def _answer_streaming(line, history, model, config, gen, runtime, stdout) -> str
         print(" [stopped]", end="", file=stdout)
     print(file=stdout)
     return "".join(pieces).strip()
+
+
+def _answer_grounded(line, history, llm, kb, gen, stdout) -> str:  # type: ignore[no-untyped-def]
+    from nomoat import rag
+
+    # rag checks the whole answer against its sources before showing it, so it prints once, not token by token.
+    try:
+        result = rag.ask(line, kb, model=llm, history=history, gen=gen)
+    except KeyboardInterrupt:
+        print(" [stopped]", file=stdout)
+        return ""
+    print(result["answer"], file=stdout)
+    sources = rag.format_sources(result)
+    if sources:
+        print(sources, file=stdout)
+    return str(result["answer"])
 
 
 from nomoat._api import expose  # noqa: E402  (nomoat.chat("message") answers one message)

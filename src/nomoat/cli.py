@@ -20,6 +20,8 @@ EPILOG = """examples:
   nomoat models                                         models you can run, with size and format
   nomoat ingest ~/notes                                 build or sync the knowledge base from your files
   nomoat search "how do I undo a commit" -k 3           find the passages that answer it
+  nomoat ask "how do I undo a commit?"                  an answer from your files, with checked citations
+  nomoat chat --no-kb                                   plain chat, ignoring the knowledge base
 
 state lives in $NOMOAT_HOME (default: your user data folder); --model takes 'default', a .gguf file or a folder."""
 
@@ -34,13 +36,14 @@ def _emit(args: argparse.Namespace, result: Any, human: Callable[[Any], str]) ->
 
 
 def _gen_config(args: argparse.Namespace) -> Any:
+    """The user's sampling flags, or None when none was given (each stage then uses its own defaults)."""
     from nomoat.config import GenerationConfig
 
-    gen = GenerationConfig()
-    for name in ("max_tokens", "temperature", "seed"):
-        value = getattr(args, name, None)
-        if value is not None:
-            setattr(gen, name, value)
+    given = {n: getattr(args, n, None) for n in ("max_tokens", "temperature", "seed")}
+    given = {n: v for n, v in given.items() if v is not None}
+    if not given:
+        return None
+    gen = GenerationConfig(**given)
     if gen.max_tokens < 1:
         raise UserError("--max-tokens must be at least 1")
     if not 0 <= gen.temperature <= 5:
@@ -69,12 +72,19 @@ def cmd_chat(args: argparse.Namespace) -> None:
     from nomoat.config import ChatConfig
 
     gen, runtime = _gen_config(args), _runtime_config(args)
+    if args.no_kb and args.kb:
+        raise UserError("--kb and --no-kb contradict each other; use one")
+    kb = None if args.no_kb else chat.grounding_kb(args.kb or "default", explicit=args.kb is not None)
     if args.once is None:
         if args.json:
             raise UserError("--json needs --once MESSAGE (interactive chat prints text)")
-        chat.interactive(model=args.model, config=ChatConfig(system=args.system), gen=gen, runtime=runtime)
+        config = ChatConfig(system=args.system)
+        chat.interactive(model=args.model, kb=kb, config=config, gen=gen, runtime=runtime)
         return
     message = sys.stdin.read() if args.once == "-" else args.once
+    if kb:
+        _ask(args, message, kb, gen, runtime)
+        return
 
     def stream(text: str) -> None:
         print(text, end="", flush=True)
@@ -95,6 +105,19 @@ def cmd_chat(args: argparse.Namespace) -> None:
         _emit(args, result, str)
     else:
         print()
+
+
+def cmd_ask(args: argparse.Namespace) -> None:
+    question = sys.stdin.read() if args.question == "-" else args.question
+    _ask(args, question, args.kb, _gen_config(args), _runtime_config(args))
+
+
+def _ask(args: argparse.Namespace, question: str, kb: str, gen: Any, runtime: Any) -> None:
+    from nomoat import rag
+
+    k = getattr(args, "k", None)
+    result = rag.ask(question, kb, model=args.model, k=k, gen=gen, runtime=runtime)
+    _emit(args, result, rag.format_answer)
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -192,8 +215,21 @@ def _add_gen_flags(p: argparse.ArgumentParser) -> None:
 
 def _setup_chat(p: argparse.ArgumentParser) -> None:
     p.add_argument("--once", metavar="MESSAGE", help="answer one message and exit ('-' reads it from stdin)")
-    p.add_argument("--system", help="system prompt (default: the model's own)")
+    p.add_argument("--system", help="system prompt for plain chat (default: the model's own)")
     p.add_argument("--json", action="store_true", help='with --once: print {"answer", "model", ...} as JSON')
+    p.add_argument("--kb", help="ground every answer in this knowledge base (default: 'default' when it exists)")
+    p.add_argument("--no-kb", action="store_true", help="plain chat with the model, no knowledge base")
+    _add_model_flags(p)
+    _add_gen_flags(p)
+
+
+def _setup_ask(p: argparse.ArgumentParser) -> None:
+    p.add_argument("question", help="what to ask ('-' reads it from stdin)")
+    p.add_argument("--kb", default="default", help="knowledge base name (default: default)")
+    p.add_argument("-k", type=int, help="sources to retrieve (default 5)")
+    p.add_argument(
+        "--json", action="store_true", help='{"answer","grounded","citations":[{"n","path","location","quote"}],...}'
+    )
     _add_model_flags(p)
     _add_gen_flags(p)
 
@@ -227,6 +263,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "models": ("list the models you can run (size, architecture, context, quantization)", _setup_models, cmd_models),
     "ingest": ("add files and folders to a knowledge base (incremental, resumable)", _setup_ingest, cmd_ingest),
     "search": ("search a knowledge base (BM25 + vectors, fused)", _setup_search, cmd_search),
+    "ask": ("answer a question from a knowledge base, with checked citations", _setup_ask, cmd_ask),
     "kb": ("list, describe or remove knowledge bases", _setup_kb, cmd_kb),
 }
 
