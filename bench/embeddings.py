@@ -4,7 +4,7 @@
     python bench/embeddings.py --quick    # 3 chunks per file, smaller timing sample (~4 min)
 
 Corpus: Debian's git-doc HTML (bench/corpus.py), tags stripped and cut into ~800-character chunks (crude on
-purpose: the same chunks go to every candidate). Questions: bench/questions/git_embed.jsonl, hand-written user
+purpose: the same chunks go to every candidate). Questions: bench/questions/git_doc.jsonl (answerable ones), user
 questions with the manual pages that answer them. A question counts as found at k when any of the top-k chunks
 comes from one of its gold files (50 questions: one question is 0.02).
 
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import CACHE, git_doc_html
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-QUESTIONS = Path(__file__).resolve().parent / "questions" / "git_embed.jsonl"
+QUESTIONS = Path(__file__).resolve().parent / "questions" / "git_doc.jsonl"
 Embed = Callable[[Sequence[str]], np.ndarray]
 
 
@@ -223,6 +223,7 @@ def main() -> None:
         chunks += parts
         files += [path.name] * len(parts)
     questions = [json.loads(line) for line in QUESTIONS.read_text().splitlines() if line.strip()]
+    questions = [q for q in questions if q["gold"]]  # the unanswerable ones are for bench/retrieval.py
     queries, gold = [q["question"] for q in questions], [set(q["gold"]) for q in questions]
     sample = random.Random(0).sample(chunks, min(len(chunks), args.sample or (64 if args.quick else 192)))
     print(

@@ -20,7 +20,8 @@ from nomoat.config import GenerationConfig, RuntimeConfig
 PROMPT = (
     "You are reading the manual of a version control system. "
     "A commit records a snapshot of the project; branches are movable names for commits; "
-    "merging joins histories and rebasing replays commits on a new base. " * 6
+    "merging joins histories and rebasing replays commits on a new base. "
+    * 6
     + "\nWrite a long, detailed story about a developer who learns to use branches, in many paragraphs."
 )
 
@@ -69,12 +70,16 @@ def main() -> None:
             decode = (count - 1) / (total - first) if count > 1 else float("nan")
             results[side].append((prefill, decode))
 
-    print(f"model={model.name} threads={args.threads} prompt={len(prompt)} tokens new<={args.new_tokens} runs={args.runs}")
+    print(
+        f"model={model.name} threads={args.threads} prompt={len(prompt)} tokens new<={args.new_tokens} runs={args.runs}"
+    )
     print(f"{'':8}{'prefill tok/s':>15}{'decode tok/s':>15}")
     med = {s: (statistics.median(p for p, _ in r), statistics.median(d for _, d in r)) for s, r in results.items()}
     for side, (prefill, decode) in med.items():
         print(f"{side:8}{prefill:15.1f}{decode:15.1f}")
-    print(f"{'ratio':8}{med['nomoat'][0] / med['raw'][0]:15.3f}{med['nomoat'][1] / med['raw'][1]:15.3f}   (nomoat / raw)")
+    print(
+        f"{'ratio':8}{med['nomoat'][0] / med['raw'][0]:15.3f}{med['nomoat'][1] / med['raw'][1]:15.3f}   (nomoat / raw)"
+    )
 
 
 if __name__ == "__main__":

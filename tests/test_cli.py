@@ -80,7 +80,6 @@ OFFICE_MD = (
 @pytest.fixture
 def office_kb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     from fakes import FakeEmbedder
-
     from nomoat import ingest, retrieval
 
     docs = tmp_path / "docs"

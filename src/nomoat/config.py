@@ -106,7 +106,7 @@ class RagConfig:
     """Answer only if some hit's query/chunk cosine similarity (retrieval's ``"cosine"``) reaches this.
 
     Calibrated for all-MiniLM-L6-v2 on Debian git-doc (6150 chunks of 200 tokens, RRF top 5): 50 answerable
-    questions (bench/questions/git_embed.jsonl) and 24 unanswerable ones (off-topic, and near-topic such as
+    questions (bench/questions/git_doc.jsonl) and 24 unanswerable ones (off-topic, and near-topic such as
     "GitHub Actions", "Jenkins"). Max top-5 cosine: 0.44 answers 96% / abstains 71%, 0.48 -> 92% / 79%,
     0.50 -> 90% / 83%, 0.52 -> 86% / 83%. Another embedder needs its own value."""
     min_coverage: float = 1.0

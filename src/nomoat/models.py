@@ -6,6 +6,7 @@ without importing that package (its ``__init__`` pulls in other libraries) and w
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,10 +104,8 @@ def available() -> list[dict[str, Any]]:
     from nomoat.paths import home
 
     refs = []
-    try:
+    with contextlib.suppress(ModelError):  # a missing bundled model is listed below as missing
         refs.append(resolve(DEFAULT))
-    except ModelError:
-        pass  # listed below as missing
     user_dir = home() / "models"
     if user_dir.is_dir():
         refs += [resolve(p) for p in sorted(user_dir.iterdir()) if p.suffix == ".gguf" or p.is_dir()]
