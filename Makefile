@@ -21,8 +21,11 @@ $(VENV)/.installed: pyproject.toml scripts/build-llama-cpp.sh
 
 demo: install
 	$(VENV)/bin/nomoat models
-	@echo '$$ nomoat chat --once "What is the capital of France?"'
-	$(VENV)/bin/nomoat chat --once "What is the capital of France?"
+	@echo '$$ nomoat chat --once "What is the capital of France?" --no-kb'
+	$(VENV)/bin/nomoat chat --once "What is the capital of France?" --no-kb
+	$(VENV)/bin/nomoat ingest docs --kb nomoat-docs
+	@echo '$$ nomoat ask "Which llama.cpp build does nomoat use, and why?" --kb nomoat-docs'
+	$(VENV)/bin/nomoat ask "Which llama.cpp build does nomoat use, and why?" --kb nomoat-docs
 
 test: install
 	$(PY) -m pytest -q

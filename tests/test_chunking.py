@@ -218,3 +218,12 @@ def test_chunking_is_linear(unit: str, kind: str) -> None:
     small = unit * (2**17 // len(unit))
     t_small, t_big = _timed(small, kind), _timed(small * 4, kind)
     assert t_big < 8 * t_small + 0.05, f"{t_small:.3f}s -> {t_big:.3f}s for 4x the text"
+
+
+def test_embedding_text_heads_a_chunk_with_file_title_and_heading_once() -> None:
+    from nomoat.chunking import embedding_text
+
+    html = embedding_text("/d/git-stash.html", "git-stash(1)", "git-stash(1) Manual Page > NAME", "body")
+    assert html == "git-stash > git-stash(1) Manual Page > NAME\nbody"  # the title is inside the heading
+    assert embedding_text("/d/notes.txt", "", "", "body") == "notes\nbody"
+    assert embedding_text("/d/q3.pdf", "Quarterly report", "", "body") == "q3 > Quarterly report\nbody"

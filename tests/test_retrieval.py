@@ -11,6 +11,8 @@ import pytest
 import nomoat
 from fakes import FakeEmbedder
 from nomoat import ingest, retrieval, store
+from nomoat.chunking import embedding_text
+from nomoat.config import SearchConfig
 from nomoat.errors import UserError
 
 HOSTILE = [
@@ -55,8 +57,13 @@ def kb(tmp_path) -> Path:
     return root
 
 
+def test_fts_query_drops_stop_words_unless_nothing_else_is_left():
+    assert retrieval.fts_query("How do I undo the last commit?") == '"undo" OR "last" OR "commit"'
+    assert retrieval.fts_query("to be or not to be") == '"to" OR "be" OR "or" OR "not"'
+
+
 def test_fts_query_quotes_every_term():
-    assert retrieval.fts_query('"foo AND (bar') == '"foo" OR "and" OR "bar"'
+    assert retrieval.fts_query('"foo NEAR (bar') == '"foo" OR "near" OR "bar"'
     assert retrieval.fts_query("Foo foo FOO") == '"foo"'
     assert retrieval.fts_query("  ?!  ") == ""
     assert retrieval.fts_query("w " * 1000).count('"') == 2
@@ -81,14 +88,33 @@ def test_search_contract_and_ranking(kb):
     assert len(hits) == 2
     assert set(hits[0]) == {"path", "location", "score", "text", "chunk_id", "cosine"}
     q = FakeEmbedder().embed(["orchard apples"])[0]
-    assert hits[0]["cosine"] == pytest.approx(float(FakeEmbedder().embed([hits[0]["text"]])[0] @ q), abs=1e-5)
     assert hits[0]["path"] == str((kb / "fruit.txt").resolve())
+    # the vector is of the chunk under its context header (a .txt file: no title or heading, just "fruit")
+    embedded = embedding_text(hits[0]["path"], "", "", hits[0]["text"])
+    assert embedded.startswith("fruit\n")
+    assert hits[0]["cosine"] == pytest.approx(float(FakeEmbedder().embed([embedded])[0] @ q), abs=1e-5)
     assert "orchard" in hits[0]["text"]
     assert hits[0]["score"] >= hits[1]["score"] > 0
     conn = store.open_kb("t", create=False)
     row = conn.execute("SELECT text FROM chunks WHERE id = ?", (hits[0]["chunk_id"],)).fetchone()
     conn.close()
     assert row[0] == hits[0]["text"]
+
+
+def test_one_document_fills_at_most_per_document_results(tmp_path):
+    root = tmp_path / "docs"
+    root.mkdir()
+    # a long page about kiwis (many chunks) and two short ones that also mention them
+    (root / "long.md").write_text("\n\n".join(f"# Part {i}\n\nThe kiwi fruit note number {i}." for i in range(8)))
+    (root / "a.txt").write_text("A kiwi is also a bird.")
+    (root / "b.txt").write_text("Kiwi is a name for New Zealanders.")
+    ingest.run([root], "t", embedder=FakeEmbedder(), progress=False)
+    default = retrieval.search("kiwi", "t", k=5, embedder=FakeEmbedder())
+    assert sorted(Path(h["path"]).name for h in default) == ["a.txt", "b.txt", "long.md"]
+    capped = retrieval.search("kiwi", "t", k=5, embedder=FakeEmbedder(), config=SearchConfig(per_document=2))
+    assert sum(h["path"].endswith("long.md") for h in capped) == 2
+    uncapped = retrieval.search("kiwi", "t", k=5, embedder=FakeEmbedder(), config=SearchConfig(per_document=0))
+    assert sum(h["path"].endswith("long.md") for h in uncapped) >= 3
 
 
 def test_porter_stemming_matches_word_forms(kb):

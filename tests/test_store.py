@@ -30,10 +30,13 @@ def _vecs(n: int, dim: int = 4, seed: int = 0) -> np.ndarray:
 
 
 def _counts(conn) -> tuple[int, int, int]:
+    exact = conn.execute("SELECT count(*) FROM chunk_vectors").fetchone()[0]
+    bits = conn.execute("SELECT count(*) FROM chunks_vec").fetchone()[0]
+    assert exact == bits, "exact vectors and their sign-bit index must stay equal"
     return (
         conn.execute("SELECT count(*) FROM chunks").fetchone()[0],
         conn.execute("SELECT count(*) FROM chunks_fts_docsize").fetchone()[0],
-        conn.execute("SELECT count(*) FROM chunks_vec").fetchone()[0],
+        bits,
     )
 
 
@@ -144,6 +147,50 @@ def test_vector_search_orders_by_cosine(kb):
     rows = store.get_chunks(kb, ids)
     assert [rows[i]["text"] for i in ids] == ["c2", "c3"]
     assert rows[ids[0]]["path"] == "/x/a.txt"
+
+
+def test_vector_search_reranks_sign_bit_candidates_by_exact_cosine(kb):
+    vecs = np.random.default_rng(3).standard_normal((300, 4)).astype(np.float32)
+    store.write_document(kb, _doc("/x/many.txt"), [C(f"c{i}") for i in range(300)], vecs)
+    query = vecs[17] + 0.01
+    ids = store.vector_search(kb, query, 5)
+    exact = store.cosines(kb, query, ids)
+    assert store.get_chunks(kb, ids[:1])[ids[0]]["text"] == "c17"
+    assert [exact[i] for i in ids] == sorted(exact.values(), reverse=True)
+    want = float(vecs[17] @ query / np.linalg.norm(vecs[17]) / np.linalg.norm(query))
+    assert exact[ids[0]] == pytest.approx(want, abs=1e-6)
+
+
+def test_schema_1_float_vectors_migrate_to_exact_vectors_and_sign_bits(nomoat_home):
+    import sqlean
+    import sqlite_vec
+
+    from nomoat import paths
+
+    path = paths.kb_path("old")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = sqlean.connect(str(path), isolation_level=None)
+    raw.enable_load_extension(True)
+    sqlite_vec.load(raw)
+    store.m001_initial(raw)  # the schema as released in version 1, with its float vec0 table
+    raw.execute("INSERT INTO meta VALUES ('embedder', 'fake@1'), ('embedder_dim', '4')")
+    raw.execute("CREATE VIRTUAL TABLE chunks_vec USING vec0(embedding float[4] distance_metric=cosine)")
+    raw.execute(
+        "INSERT INTO documents(path, size, mtime_ns, status, n_chunks, ingested_at) VALUES ('/a', 1, 1, 'done', 2, 0)"
+    )
+    vecs = _vecs(2)
+    for i in (1, 2):
+        raw.execute("INSERT INTO chunks(doc_id, ord, text, char_start, char_end) VALUES (1, ?, ?, 0, 1)", (i, f"c{i}"))
+        raw.execute("INSERT INTO chunks_vec(rowid, embedding) VALUES (?, ?)", (i, vecs[i - 1].tobytes()))
+    raw.execute("PRAGMA user_version = 1")
+    raw.close()
+
+    conn = store.open_kb("old", create=False)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(store._MIGRATIONS)
+    assert store.verify(conn) == [] and _counts(conn) == (2, 2, 2)
+    assert store.cosines(conn, vecs[1], [1, 2])[2] == pytest.approx(1.0, abs=1e-6)
+    assert store.vector_search(conn, vecs[0], 1) == [1]
+    conn.close()
 
 
 def test_list_info_remove(kb, nomoat_home):

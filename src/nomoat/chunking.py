@@ -16,6 +16,7 @@ import bisect
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import PurePath
 
 from nomoat.readers import Extracted
 
@@ -38,6 +39,22 @@ class Chunk:
 def estimate_tokens(text: str) -> int:
     """Character based: ceil(len / 4). Cheap and needs no tokenizer; chunking uses the same rule on spans."""
     return (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
+
+
+def embedding_text(path: str, title: str, heading: str, text: str) -> str:
+    """What the embedder sees for a chunk: a one-line context header, then the chunk.
+
+    A chunk deep in a manual page ("The command saves your local modifications away ...") does not say which
+    command or file it is about; its file name, title and heading path do. Prefixing them lets the vector find
+    the page a question is about (measured on git-doc: docs/benchmarks.md). The stored and shown text is the
+    chunk alone; only its vector sees the header.
+    """
+    parts = [PurePath(path).stem]
+    if title and title.lower() not in (heading.lower(), parts[0].lower()) and title not in heading:
+        parts.append(title)
+    if heading:
+        parts.append(heading)
+    return " > ".join(parts) + "\n" + text
 
 
 def chunk(doc: Extracted, *, target_tokens: int = 200, overlap_tokens: int = 30) -> list[Chunk]:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nomoat import store
-from nomoat.chunking import Chunk, chunk
+from nomoat.chunking import Chunk, chunk, embedding_text
 from nomoat.config import IngestConfig
 from nomoat.errors import UserError
 from nomoat.paths import home, kb_path
@@ -299,7 +299,7 @@ def _use_embedder(state: _Run, embedder: Embedder) -> None:
         return
     with store.transaction(state.conn):  # all or nothing: a kill mid-way leaves the old vectors in place
         store.set_embedder(state.conn, embedder.name, embedder.dim)
-        stored = store.all_chunk_texts(state.conn)
+        stored = store.all_chunks_to_embed(state.conn)
         if stored:
             vectors = _embed(embedder, [t for _, t in stored], state.config.embed_batch)
             store.put_vectors(state.conn, [i for i, _ in stored], vectors)
@@ -334,7 +334,7 @@ def _flush(state: _Run) -> None:
     if not state.pending:
         return
     embedder = _embedder(state)
-    texts = [c.text for p in state.pending for c in p.chunks]
+    texts = [embedding_text(p.record.path, p.record.title, c.heading, c.text) for p in state.pending for c in p.chunks]
     vectors = _embed(embedder, texts, state.config.embed_batch)
     offset = 0
     for p in state.pending:

@@ -8,7 +8,11 @@ Schema (``PRAGMA user_version`` counts the migrations applied)::
     chunks(id AUTOINCREMENT, doc_id -> documents ON DELETE CASCADE, ord,
            text, char_start, char_end, location, heading)
     chunks_fts    FTS5 over chunks(text, heading), external content, kept in sync by triggers
-    chunks_vec    sqlite-vec vec0(embedding float[dim], cosine); rowid = chunks.id; created with the embedder
+    chunk_vectors(id = chunks.id, embedding float32 BLOB)   exact vectors; created with the embedder
+    chunks_vec    sqlite-vec vec0(embedding bit[dim]): the vectors' signs, a 32x smaller index to scan
+
+Vector search scans the sign bits by Hamming distance in sqlite-vec, then re-ranks the best candidates by exact
+cosine from ``chunk_vectors`` (migration 2; measured at 100k chunks: docs/benchmarks.md).
 
 Invariants every write keeps (``verify()`` checks them): FTS rows == vector rows == chunk rows, and a ``done``
 document has exactly ``n_chunks`` chunks. Each write function is one transaction, so a reader (or the next run
@@ -91,6 +95,22 @@ def m001_initial(conn: Connection) -> None:
     ]
     for sql in statements:  # not executescript(): it would COMMIT the migration's transaction half-way
         conn.execute(sql)
+
+
+@_migration
+def m002_exact_vectors_and_sign_bits(conn: Connection) -> None:
+    """vec0 float[dim] (a full scan per query, ~130 ms at 100k chunks) -> exact float vectors in a plain table
+    plus a vec0 bit[dim] index of their signs (~16 ms to scan at 100k, then an exact re-rank)."""
+    info = embedder_of(conn)
+    if info is None:
+        return
+    old = conn.execute("SELECT rowid, embedding FROM chunks_vec").fetchall()
+    conn.execute("DROP TRIGGER IF EXISTS chunks_vec_ad")
+    conn.execute("DROP TABLE chunks_vec")
+    _create_vector_tables(conn, info[1])
+    ids = [r[0] for r in old]
+    vectors = np.frombuffer(b"".join(r[1] for r in old), np.float32).reshape(len(old), info[1])
+    _insert_vectors(conn, ids, vectors)
 
 
 def _migrate(conn: Connection, path: Path) -> None:
@@ -198,20 +218,40 @@ def set_embedder(conn: Connection, name: str, dim: int) -> None:
     """Create the vector table for ``dim`` and record the embedder, dropping any vectors of a previous one.
 
     Call inside ``transaction()``; after changing embedders the caller re-inserts a vector for every chunk
-    in the same transaction (``all_chunk_texts`` + ``put_vectors``) so the row counts stay equal.
+    in the same transaction (``all_chunks_to_embed`` + ``put_vectors``) so the row counts stay equal.
     """
     if embedder_of(conn) == (name, dim):
         return
     conn.execute("DROP TRIGGER IF EXISTS chunks_vec_ad")
     conn.execute("DROP TABLE IF EXISTS chunks_vec")
-    conn.execute(f"CREATE VIRTUAL TABLE chunks_vec USING vec0(embedding float[{int(dim)}] distance_metric=cosine)")
+    conn.execute("DROP TABLE IF EXISTS chunk_vectors")
+    _create_vector_tables(conn, dim)
+    _set_meta(conn, "embedder", name)
+    _set_meta(conn, "embedder_dim", str(int(dim)))
+
+
+def _create_vector_tables(conn: Connection, dim: int) -> None:
+    bits = -(-int(dim) // 8) * 8  # vec0 bit vectors are whole bytes; np.packbits pads the same way
+    conn.execute("CREATE TABLE chunk_vectors (id INTEGER PRIMARY KEY, embedding BLOB NOT NULL)")
+    conn.execute(f"CREATE VIRTUAL TABLE chunks_vec USING vec0(embedding bit[{bits}])")
     conn.execute(
         """CREATE TRIGGER chunks_vec_ad AFTER DELETE ON chunks BEGIN
             DELETE FROM chunks_vec WHERE rowid = old.id;
+            DELETE FROM chunk_vectors WHERE id = old.id;
         END"""
     )
-    _set_meta(conn, "embedder", name)
-    _set_meta(conn, "embedder_dim", str(int(dim)))
+
+
+def _insert_vectors(conn: Connection, chunk_ids: Sequence[int], vectors: np.ndarray) -> None:
+    signs = np.packbits(vectors > 0, axis=1)
+    conn.executemany(
+        "INSERT INTO chunk_vectors(id, embedding) VALUES (?, ?)",
+        ((int(i), v.tobytes()) for i, v in zip(chunk_ids, vectors, strict=True)),
+    )
+    conn.executemany(
+        "INSERT INTO chunks_vec(rowid, embedding) VALUES (?, vec_bit(?))",
+        ((int(i), b.tobytes()) for i, b in zip(chunk_ids, signs, strict=True)),
+    )
 
 
 def put_vectors(conn: Connection, chunk_ids: Sequence[int], vectors: np.ndarray) -> None:
@@ -220,15 +260,22 @@ def put_vectors(conn: Connection, chunk_ids: Sequence[int], vectors: np.ndarray)
     info = embedder_of(conn)
     if info is None or vectors.ndim != 2 or vectors.shape != (len(chunk_ids), info[1]):
         raise ValueError(f"vectors of shape {vectors.shape} for {len(chunk_ids)} chunks, KB embedder {info}")
-    conn.executemany(
-        "INSERT INTO chunks_vec(rowid, embedding) VALUES (?, ?)",
-        ((int(i), v.tobytes()) for i, v in zip(chunk_ids, vectors, strict=True)),
-    )
+    _insert_vectors(conn, chunk_ids, vectors)
 
 
 def all_chunk_texts(conn: Connection) -> list[tuple[int, str]]:
-    """``(chunk id, text)`` of every chunk, for re-embedding with another embedder."""
+    """``(chunk id, text)`` of every chunk."""
     return [(r[0], r[1]) for r in conn.execute("SELECT id, text FROM chunks ORDER BY id")]
+
+
+def all_chunks_to_embed(conn: Connection) -> list[tuple[int, str]]:
+    """``(chunk id, text to embed)`` of every chunk (see :func:`nomoat.chunking.embedding_text`), for re-embedding
+    with another embedder."""
+    from nomoat.chunking import embedding_text
+
+    sql = """SELECT c.id, d.path, d.title, c.heading, c.text FROM chunks c JOIN documents d ON d.id = c.doc_id
+             ORDER BY c.id"""
+    return [(r[0], embedding_text(r[1], r[2], r[3], r[4])) for r in conn.execute(sql)]
 
 
 # --- document-level writes (each one transaction) ------------------------------------------------------------------
@@ -324,23 +371,36 @@ def fts_search(conn: Connection, match: str, n: int) -> list[int]:
     return [r[0] for r in conn.execute(sql, (match, n))]
 
 
-def vector_search(conn: Connection, vector: np.ndarray, n: int) -> list[int]:
-    """Chunk ids nearest to ``vector`` (cosine), best first; [] before the KB has vectors."""
+def vector_search(conn: Connection, vector: np.ndarray, n: int, *, rerank: int = 2) -> list[int]:
+    """Chunk ids nearest to ``vector`` (cosine), best first; [] before the KB has vectors.
+
+    sqlite-vec scans the sign bits (Hamming distance) for ``rerank * n`` candidates (at least 64), which are
+    then ordered by exact cosine. On git-doc this keeps the same recall as an exact scan (docs/benchmarks.md).
+    """
     if embedder_of(conn) is None:
         return []
-    blob = np.ascontiguousarray(vector, dtype=np.float32).reshape(-1).tobytes()
-    sql = "SELECT rowid FROM chunks_vec WHERE embedding MATCH ? AND k = ? ORDER BY distance"
-    return [r[0] for r in conn.execute(sql, (blob, min(int(n), 4096)))]  # vec0 caps k at 4096
+    query = np.ascontiguousarray(vector, dtype=np.float32).reshape(-1)
+    pool = min(max(int(n) * rerank, 64), 4096)  # vec0 caps k at 4096; its cost grows with k
+    sql = "SELECT rowid FROM chunks_vec WHERE embedding MATCH vec_bit(?) AND k = ? ORDER BY distance"
+    candidates = [r[0] for r in conn.execute(sql, (np.packbits(query > 0).tobytes(), pool))]
+    scored = cosines(conn, query, candidates)
+    return sorted(scored, key=lambda i: (-scored[i], i))[: int(n)]
 
 
 def cosines(conn: Connection, vector: np.ndarray, chunk_ids: Sequence[int]) -> dict[int, float]:
-    """``{chunk id: cosine similarity to vector}`` for the given chunks (a point lookup per id, no scan)."""
+    """``{chunk id: cosine similarity to vector}`` for the given chunks (primary-key lookups, no scan)."""
     if embedder_of(conn) is None or not chunk_ids:
         return {}
-    blob = np.ascontiguousarray(vector, dtype=np.float32).reshape(-1).tobytes()
+    query = np.ascontiguousarray(vector, dtype=np.float32).reshape(-1)
+    query = query / max(float(np.linalg.norm(query)), 1e-12)
     marks = ",".join("?" * len(chunk_ids))
-    sql = f"SELECT rowid, vec_distance_cosine(embedding, ?) FROM chunks_vec WHERE rowid IN ({marks})"
-    return {r[0]: 1.0 - r[1] for r in conn.execute(sql, [blob, *(int(i) for i in chunk_ids)])}
+    rows = conn.execute(f"SELECT id, embedding FROM chunk_vectors WHERE id IN ({marks})", [int(i) for i in chunk_ids])
+    rows = rows.fetchall()
+    if not rows:
+        return {}
+    matrix = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), -1)
+    norms = np.maximum(np.linalg.norm(matrix, axis=1), 1e-12)
+    return {r[0]: float(s) for r, s in zip(rows, matrix @ query / norms, strict=True)}
 
 
 def get_chunks(conn: Connection, chunk_ids: Sequence[int]) -> dict[int, sqlean.Row]:
@@ -361,9 +421,12 @@ def verify(conn: Connection) -> list[str]:
         problems.append(f"fts: {exc}")
     n_chunks = conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
     n_fts = conn.execute("SELECT count(*) FROM chunks_fts_docsize").fetchone()[0]  # rows actually indexed
-    n_vec = conn.execute("SELECT count(*) FROM chunks_vec").fetchone()[0] if embedder_of(conn) else 0
-    if not n_chunks == n_fts == n_vec:
-        problems.append(f"row counts differ: chunks {n_chunks}, fts {n_fts}, vectors {n_vec}")
+    n_vec = n_bits = 0
+    if embedder_of(conn):
+        n_vec = conn.execute("SELECT count(*) FROM chunk_vectors").fetchone()[0]
+        n_bits = conn.execute("SELECT count(*) FROM chunks_vec").fetchone()[0]
+    if not n_chunks == n_fts == n_vec == n_bits:
+        problems.append(f"row counts differ: chunks {n_chunks}, fts {n_fts}, vectors {n_vec}, sign bits {n_bits}")
     bad = conn.execute(
         """SELECT d.path FROM documents d WHERE d.status = 'done'
            AND (d.n_chunks = 0 OR d.n_chunks != (SELECT count(*) FROM chunks c WHERE c.doc_id = d.id))"""
