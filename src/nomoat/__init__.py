@@ -24,6 +24,7 @@ _STAGES = {
     "ingest": "nomoat.ingest",
     "search": "nomoat.retrieval",
     "ask": "nomoat.rag",
+    "curate": "nomoat.curate",
 }
 
 

@@ -22,6 +22,7 @@ EPILOG = """examples:
   nomoat search "how do I undo a commit" -k 3           find the passages that answer it
   nomoat ask "how do I undo a commit?"                  an answer from your files, with checked citations
   nomoat chat --no-kb                                   plain chat, ignoring the knowledge base
+  nomoat data build -o mydata.jsonl --time 30m          a curated dataset from the knowledge base
 
 state lives in $NOMOAT_HOME (default: your user data folder); --model takes 'default', a .gguf file or a folder."""
 
@@ -118,6 +119,61 @@ def _ask(args: argparse.Namespace, question: str, kb: str, gen: Any, runtime: An
     k = getattr(args, "k", None)
     result = rag.ask(question, kb, model=args.model, k=k, gen=gen, runtime=runtime)
     _emit(args, result, rag.format_answer)
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    if args.action == "build":
+        from nomoat import curate
+        from nomoat.config import parse_duration
+
+        try:
+            budget = parse_duration(args.time) if args.time else None
+        except ValueError as exc:
+            raise UserError(f"--time: {exc}") from None
+        summary = curate.build(
+            args.kb,
+            args.output or "data.jsonl",
+            max_pairs=args.max,
+            time_budget=budget,
+            eval_fraction=args.eval_fraction,
+            model=args.model,
+            use_model=not args.no_model,
+            progress=not args.json,
+        )
+        _emit(args, summary, _format_data_build)
+        return
+    from nomoat import datasets
+
+    if not args.file:
+        raise UserError(f"name the dataset file: nomoat data {args.action} FILE")
+    if args.action == "import":
+        output = args.output or str(_imported_name(args.file))
+        _emit(args, datasets.import_file(args.file, output), _format_import)
+    else:
+        _emit(args, datasets.stats(args.file), lambda s: "\n".join(f"{k}: {v}" for k, v in s.items()))
+
+
+def _imported_name(path: str) -> Any:
+    from pathlib import Path
+
+    p = Path(path)
+    return p.with_name(p.stem + ".nomoat.jsonl")
+
+
+def _format_data_build(s: dict[str, Any]) -> str:
+    removed = ", ".join(f"{k} {v}" for k, v in s["removed"].items()) or "none"
+    pii = ", ".join(f"{k} {v}" for k, v in s["pii"].items()) or "none"
+    return (
+        f"{s['train']} training rows -> {s['output']}\n{s['eval']} eval rows -> {s['eval_output']}\n"
+        f"dataset card -> {s['card']}\nfrom {s['chunks']} chunks of {s['sources']} documents in {s['seconds']} s; "
+        f"removed: {removed}; personal data replaced: {pii}"
+    )
+
+
+def _format_import(r: dict[str, Any]) -> str:
+    lines = [f"{r['rows']} rows -> {r['output']} (formats: {r['formats']})"]
+    lines += [f"  line {b['line']}: {b['error']}" for b in r["bad"]]
+    return "\n".join(lines)
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -258,12 +314,28 @@ def _setup_kb(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def _setup_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "action", choices=["build", "import", "stats"], help="build from a KB, import a file, or describe one"
+    )
+    p.add_argument("file", nargs="?", help="import/stats: a JSONL dataset (OpenAI messages, ShareGPT or Alpaca)")
+    p.add_argument("-o", "--output", help="build: train JSONL (default data.jsonl); import: converted file")
+    p.add_argument("--kb", default="default", help="build: knowledge base (default: default)")
+    p.add_argument("--max", type=int, help="build: at most this many rows")
+    p.add_argument("--time", help="build: time budget for model-written pairs, e.g. 30m (default: no limit)")
+    p.add_argument("--eval-fraction", type=float, help="build: share of rows held out, by document (default 0.1)")
+    p.add_argument("--no-model", action="store_true", help="build: only the deterministic extractive pairs")
+    p.add_argument("--model", "-m", default="default", help="build: the model that writes pairs (default bundled)")
+    p.add_argument("--json", action="store_true", help="machine-readable summary")
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {
     "chat": ("chat with a model, interactively or --once", _setup_chat, cmd_chat),
     "models": ("list the models you can run (size, architecture, context, quantization)", _setup_models, cmd_models),
     "ingest": ("add files and folders to a knowledge base (incremental, resumable)", _setup_ingest, cmd_ingest),
     "search": ("search a knowledge base (BM25 + vectors, fused)", _setup_search, cmd_search),
     "ask": ("answer a question from a knowledge base, with checked citations", _setup_ask, cmd_ask),
+    "data": ("build a grounded instruction dataset from a KB; import or describe datasets", _setup_data, cmd_data),
     "kb": ("list, describe or remove knowledge bases", _setup_kb, cmd_kb),
 }
 

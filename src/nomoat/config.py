@@ -124,3 +124,44 @@ class RagConfig:
     """Most sentences an extractive (fallback) answer quotes."""
     history_turns: int = 2
     """Earlier user turns joined to a follow-up question ("and its default?") to form the retrieval query."""
+
+
+@dataclass
+class CurateConfig:
+    """Building an instruction dataset from a knowledge base (``nomoat data build``)."""
+
+    eval_fraction: float = 0.1
+    """Share of rows held out for evaluation, as whole source documents."""
+    min_chunk_words: int = 6
+    """Chunks with fewer words are skipped as near-empty."""
+    min_support: float = 0.8
+    """Share of an answer's content terms that must occur in its source chunk."""
+    min_question_overlap: float = 0.3
+    """Share of a question's content terms that must occur in the chunk (the question is about it)."""
+    min_question_chars: int = 12
+    max_question_chars: int = 300
+    min_answer_chars: int = 15
+    max_answer_chars: int = 1200
+    max_repetition: float = 0.3
+    """Highest share of repeated word trigrams in an answer (small models loop)."""
+    dedup_threshold: float = 0.8
+    """MinHash Jaccard similarity above which a row is a near-duplicate of an earlier one."""
+    model_answer_tokens: int = 96
+    model_temperature: float = 0.3
+    model_chunk_chars: int = 1500
+    """The model reads at most this much of a chunk (keeps each call a few seconds on a CPU)."""
+    seed: int = 0
+
+
+def parse_duration(text: str) -> float:
+    """``"90s"``, ``"30m"``, ``"3h"``, ``"1h30m"`` or plain seconds → seconds. Raises ValueError."""
+    import re
+
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
+    if not text or not parts or not any(parts.groups()):
+        raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 30m, 3h, 1h30m)")
+    h, m, s = (int(g or 0) for g in parts.groups())
+    return float(h * 3600 + m * 60 + s)
