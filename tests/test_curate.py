@@ -113,6 +113,11 @@ def test_grounding(question: str, answer: str, problem: str | None) -> None:
         ("What is the checksum?", "3f2a 9b1c 77d0 e4a2 0c11 5b6e 9a8f 1d2e", "mostly not words"),
         ("How can I fix the deploy?", "How can I fix this problem?", "answer is a question"),
         (
+            "How to use git-check-ignore to exclude files?",
+            "How to use git-check-ignore to exclude files.",
+            "answer repeats the question",
+        ),
+        (
             "What is the purpose of this passage?",
             "It shows how the deploy works.",
             "refers to the passage, not the subject",
@@ -144,7 +149,6 @@ def test_split_never_shares_a_document_and_holds_out_about_the_fraction() -> Non
     train, evals = curate.split_by_document(rows, 0.2)
     assert len(train) + len(evals) == 100 and 10 <= len(evals) <= 20
     assert not {r["meta"]["source"] for r in train} & {r["meta"]["source"] for r in evals}
-    assert curate.split_by_document(rows[:5], 0.5)[1] == [] or True  # one document: nothing to hold out
     single = [_row("Q one here?", "Answer one.", "/d/only.md")] * 3
     assert curate.split_by_document(single, 0.5) == (single, [])
 

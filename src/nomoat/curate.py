@@ -114,7 +114,7 @@ def quality_problem(pair: Pair, config: CurateConfig) -> str | None:
         return "answer is a question"
     if _SELF_REFERENCE.search(q + " " + a):
         return "refers to the passage, not the subject"
-    if " ".join(a.lower().split()) in " ".join(q.lower().split()):
+    if " ".join(re.findall(r"\w+", a.lower())) in " ".join(re.findall(r"\w+", q.lower())):
         return "answer repeats the question"
     words = a.lower().split()
     trigrams = list(zip(words, words[1:], words[2:], strict=False))
