@@ -113,6 +113,11 @@ def test_grounding(question: str, answer: str, problem: str | None) -> None:
         ("What is the checksum?", "3f2a 9b1c 77d0 e4a2 0c11 5b6e 9a8f 1d2e", "mostly not words"),
         ("How can I fix the deploy?", "How can I fix this problem?", "answer is a question"),
         (
+            "How long does the deploy take?",
+            "Развертывание занимает около семи минут.",
+            "language differs between question and answer",
+        ),
+        (
             "How to use git-check-ignore to exclude files?",
             "How to use git-check-ignore to exclude files.",
             "answer repeats the question",

@@ -123,7 +123,18 @@ def quality_problem(pair: Pair, config: CurateConfig) -> str | None:
     letters = sum(c.isalpha() for c in a)
     if letters < 0.5 * len(a.replace(" ", "")):
         return "mostly not words"
+    if _script(q) != _script(a):
+        return "language differs between question and answer"
     return None
+
+
+def _script(text: str) -> str:
+    """The writing system most letters of ``text`` belong to (LATIN, CYRILLIC, CJK, ...): a cheap language check
+    that catches answers in another language than their question and mojibake, without a language model."""
+    import unicodedata
+
+    counts = Counter(unicodedata.name(c, "UNKNOWN").split()[0] for c in text if c.isalpha())
+    return counts.most_common(1)[0][0] if counts else ""
 
 
 def near_duplicates(rows: Sequence[Row], threshold: float, num_perm: int = 64) -> set[int]:
