@@ -25,6 +25,7 @@ _STAGES = {
     "search": "nomoat.retrieval",
     "ask": "nomoat.rag",
     "curate": "nomoat.curate",
+    "tune": "nomoat.tune",
 }
 
 

@@ -23,6 +23,8 @@ EPILOG = """examples:
   nomoat ask "how do I undo a commit?"                  an answer from your files, with checked citations
   nomoat chat --no-kb                                   plain chat, ignoring the knowledge base
   nomoat data build -o mydata.jsonl --time 30m          a curated dataset from the knowledge base
+  nomoat tune mydata.jsonl --time 20m                   a LoRA adapter trained on it (Ctrl-C stops cleanly)
+  nomoat tune --resume RUN                              continue a stopped run exactly
 
 state lives in $NOMOAT_HOME (default: your user data folder); --model takes 'default', a .gguf file or a folder."""
 
@@ -174,6 +176,30 @@ def _format_import(r: dict[str, Any]) -> str:
     lines = [f"{r['rows']} rows -> {r['output']} (formats: {r['formats']})"]
     lines += [f"  line {b['line']}: {b['error']}" for b in r["bad"]]
     return "\n".join(lines)
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    from nomoat import tune
+
+    if args.resume and args.data:
+        raise UserError("--resume continues a run on its own data: drop the dataset argument")
+    overrides = {n: getattr(args, n) for n in ("rank", "lr", "batch_size", "max_length", "precision", "seed")}
+    given = {n: v for n, v in overrides.items() if v is not None}
+    summary = tune.run(
+        args.data,
+        model=args.model,
+        time=args.time,
+        steps=args.steps,
+        epochs=args.epochs,
+        output=args.output,
+        resume=args.resume,
+        eval_data=args.eval,
+        threads=args.threads,
+        skip_invalid=args.skip_invalid,
+        progress=not args.json,
+        **given,
+    )
+    _emit(args, summary, tune.format_summary)
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -329,6 +355,27 @@ def _setup_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable summary")
 
 
+def _setup_tune(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", nargs="?", help="chat JSONL to learn from (DATA.eval.jsonl beside it is the eval split)")
+    p.add_argument("--model", "-m", default="default", help="base: 'default' (bundled), a .gguf or an HF folder")
+    stop = p.add_mutually_exclusive_group()
+    stop.add_argument("--time", help="time budget, e.g. 20m or 3h: steps are planned to fit, with an ETA")
+    stop.add_argument("--steps", type=int, help="optimizer steps to take")
+    stop.add_argument("--epochs", type=float, help="passes over the data (default 1 when nothing is given)")
+    p.add_argument("--rank", type=int, help="LoRA rank (default 16)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 2e-4)")
+    p.add_argument("--batch-size", type=int, help="rows per step (default 8)")
+    p.add_argument("--max-length", type=int, help="longest row in tokens (default 1024)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="default auto: bf16 where the CPU has it")
+    p.add_argument("--seed", type=int, help="seed for LoRA init and data order (default 0)")
+    p.add_argument("--eval", metavar="FILE", help="eval rows (default: DATA.eval.jsonl when it exists)")
+    p.add_argument("-o", "--output", metavar="RUN", help="run folder (default: $NOMOAT_HOME/runs/<time>)")
+    p.add_argument("--resume", metavar="RUN", help="continue a stopped run exactly where it stopped")
+    p.add_argument("--skip-invalid", action="store_true", help="leave out bad rows instead of stopping")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all this process may use)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON (no progress bar)")
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {
     "chat": ("chat with a model, interactively or --once", _setup_chat, cmd_chat),
     "models": ("list the models you can run (size, architecture, context, quantization)", _setup_models, cmd_models),
@@ -336,6 +383,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "search": ("search a knowledge base (BM25 + vectors, fused)", _setup_search, cmd_search),
     "ask": ("answer a question from a knowledge base, with checked citations", _setup_ask, cmd_ask),
     "data": ("build a grounded instruction dataset from a KB; import or describe datasets", _setup_data, cmd_data),
+    "tune": ("fine-tune a LoRA adapter on a chat dataset, within a time budget, resumable", _setup_tune, cmd_tune),
     "kb": ("list, describe or remove knowledge bases", _setup_kb, cmd_kb),
 }
 

@@ -153,6 +153,38 @@ class CurateConfig:
     seed: int = 0
 
 
+@dataclass
+class TuneConfig:
+    """LoRA fine-tuning (``nomoat tune``). Defaults measured on a 2-core CPU with SmolLM2-135M."""
+
+    rank: int = 16
+    alpha: float | None = None
+    """LoRA scaling numerator; default 2 x rank."""
+    dropout: float = 0.0
+    """LoRA dropout. Off by default: it costs time on a CPU and small datasets gain little from it."""
+    lr: float = 2e-4
+    batch_size: int = 8
+    """Rows per optimizer step (per process under torchrun)."""
+    max_length: int = 1024
+    """Longest row in tokens (capped at the model's context); longer rows are an error (--skip-invalid)."""
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1
+    """The cosine schedule ends at this fraction of ``lr``."""
+    max_grad_norm: float = 1.0
+    precision: str = "auto"
+    """"bf16" (autocast, frozen weights stored in bf16), "fp32", or "auto": bf16 where the hardware has bf16
+    arithmetic (CUDA, or x86 with AVX512-BF16/AMX: 2.4x faster than fp32 here, docs/benchmarks.md)."""
+    eval_rows: int = 200
+    """Eval loss is measured on at most this many eval rows (a fixed subset, so values are comparable)."""
+    evals: int = 10
+    """How many times eval loss is measured over a run (plus once before the first step)."""
+    checkpoint_every_s: float = 600.0
+    sample_prompts: int = 3
+    """Eval prompts answered by the base and the tuned model in the run's summary."""
+    sample_tokens: int = 64
+    seed: int = 0
+
+
 def parse_duration(text: str) -> float:
     """``"90s"``, ``"30m"``, ``"3h"``, ``"1h30m"`` or plain seconds → seconds. Raises ValueError."""
     import re

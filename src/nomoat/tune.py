@@ -1,0 +1,510 @@
+"""``nomoat tune DATA.jsonl``: LoRA fine-tuning within a time budget, resumable, on a CPU or GPUs.
+
+A run folder (see :mod:`nomoat.runs`) holds everything: settings, per-step metrics, the checkpoint that
+``--resume`` continues from exactly, the adapter, a manifest and a summary comparing base and tuned answers.
+With ``--time`` the first steps are timed, the number of steps that fits the budget is planned (so the
+learning-rate schedule can end on time), and the run stops cleanly at the deadline. Ctrl-C also stops
+cleanly after the current step with a checkpoint. The mechanics live in :mod:`nomoat.training`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nomoat import basemodel, runs, trainset
+from nomoat.config import TuneConfig, default_threads, parse_duration
+from nomoat.errors import UserError
+
+_OVERRIDABLE = ("rank", "lr", "batch_size", "max_length", "precision", "seed", "alpha", "dropout")
+
+
+def run(
+    data: str | Path | None = None,
+    *,
+    model: str | Path = "default",
+    time: str | float | None = None,
+    steps: int | None = None,
+    epochs: float | None = None,
+    output: str | Path | None = None,
+    resume: str | Path | None = None,
+    eval_data: str | Path | None = None,
+    threads: int | None = None,
+    skip_invalid: bool = False,
+    progress: bool = True,
+    on_step: Any = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Fine-tune ``model`` on ``data`` (chat JSONL) with LoRA; returns the run's summary.
+
+    Stop after ``time`` (e.g. "3h" or seconds), ``steps`` or ``epochs`` (default: one epoch). ``resume``
+    continues a stopped run exactly. ``overrides`` set :class:`TuneConfig` fields (rank, lr, batch_size, ...).
+    ``on_step(record)`` is called after every step; returning True stops the run cleanly (as Ctrl-C does).
+    """
+    from nomoat import training
+
+    started = _now()
+    dist = training.setup_dist()
+    if resume is not None:
+        if data is not None or time is not None or steps is not None or epochs is not None or overrides:
+            raise UserError("--resume continues a run with its own data and plan; give only the run (and --threads)")
+        run_dir = runs.find_run(resume)
+        settings = runs.read_json(run_dir / "config.json")
+    else:
+        settings = _new_settings(data, model, time, steps, epochs, eval_data, overrides, dist.world)
+        run_dir = training._broadcast_path(runs.new_run_dir(output) if dist.main else None, dist)
+    import torch
+
+    torch.set_num_threads(threads or max(1, default_threads() // int(_env("LOCAL_WORLD_SIZE", dist.world))))
+    session = _Session.start(settings, run_dir, dist, resume is not None, skip_invalid, started)
+    try:
+        return session.train(progress, on_step)
+    finally:
+        session.close()
+
+
+def _env(name: str, default: Any) -> str:
+    import os
+
+    return os.environ.get(name, str(default))
+
+
+def _now() -> float:
+    return time.monotonic()
+
+
+def _new_settings(data, model, budget_time, steps, epochs, eval_data, overrides, world) -> dict[str, Any]:
+    if data is None:
+        raise UserError("name the dataset: nomoat tune DATA.jsonl (make one with `nomoat data build`)")
+    unknown = set(overrides) - set(_OVERRIDABLE)
+    if unknown:
+        raise UserError(f"unknown tune settings: {', '.join(sorted(unknown))}")
+    config = TuneConfig(**{k: v for k, v in overrides.items() if v is not None})
+    _check_config(config)
+    if sum(x is not None for x in (budget_time, steps, epochs)) > 1:
+        raise UserError("give one of --time, --steps and --epochs")
+    seconds = _seconds(budget_time)
+    if steps is not None and steps < 1:
+        raise UserError("--steps must be at least 1")
+    if epochs is not None and not epochs > 0:
+        raise UserError("--epochs must be positive")
+    data_path = _existing(data, "dataset")
+    eval_path = _existing(eval_data, "eval dataset") if eval_data else _sibling_eval(data_path)
+    return {
+        "data": str(data_path),
+        "data_sha256": basemodel.sha256_file(data_path),
+        "eval_data": str(eval_path) if eval_path else None,
+        "model": str(model),
+        "budget": {"time_s": seconds, "steps": steps, "epochs": epochs if seconds is None and not steps else None},
+        "tune": asdict(config),
+        "world_size": world,
+    }
+
+
+def _check_config(c: TuneConfig) -> None:
+    problems = [
+        (c.rank < 1, "--rank must be at least 1"),
+        (not c.lr > 0, "--lr must be positive"),
+        (c.batch_size < 1, "--batch-size must be at least 1"),
+        (c.max_length < 16, "--max-length must be at least 16"),
+        (not 0 <= c.dropout < 1, "--dropout must be in [0, 1)"),
+    ]
+    for bad, message in problems:
+        if bad:
+            raise UserError(message)
+
+
+def _seconds(value: str | float | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = parse_duration(value) if isinstance(value, str) else float(value)
+    except ValueError as exc:
+        raise UserError(f"--time: {exc}") from None
+    if seconds < 30:
+        raise UserError("--time must be at least 30s (the first steps are timed to plan the run)")
+    return seconds
+
+
+def _existing(path: str | Path, what: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"{what} not found: {path}")
+    return p.resolve()
+
+
+def _sibling_eval(data: Path) -> Path | None:
+    # `nomoat data build -o x.jsonl` writes the held-out rows to x.eval.jsonl
+    candidate = data.with_name(data.stem + ".eval.jsonl")
+    return candidate if candidate.is_file() else None
+
+
+@dataclass
+class _Session:
+    """One process's share of one sitting of a run: from start (or resume) to a stop."""
+
+    settings: dict[str, Any]
+    run_dir: Path
+    dist: Any
+    config: TuneConfig
+    base: Any
+    encoder: Any
+    data: Any
+    evals: list
+    model: Any
+    loss_model: Any
+    step_model: Any
+    params: list
+    optimizer: Any
+    bf16: bool
+    state: dict[str, Any]
+    started: float
+    log: list = field(default_factory=list)
+
+    @classmethod
+    def start(cls, settings, run_dir, dist, resuming, skip_invalid, started) -> _Session:
+        import torch
+
+        from nomoat import training
+
+        config = TuneConfig(**settings["tune"])
+        torch.manual_seed(config.seed)  # LoRA's A matrices start random: the same seed gives the same run
+        base = basemodel.load(settings["model"])
+        if resuming and base.sha256 != settings["base"]["sha256"]:
+            raise UserError(f"the base model changed since this run started ({settings['model']}); start a new run")
+        if resuming and basemodel.sha256_file(Path(settings["data"])) != settings["data_sha256"]:
+            raise UserError(f"{settings['data']} changed since this run started; start a new run to train on it")
+        encoder = trainset.ChatEncoder(base.tokenizer, base.chat_template)
+        max_length = min(config.max_length, base.context_length or config.max_length)
+        train = trainset.load(settings["data"], encoder, max_length, skip_invalid)
+        evals = _eval_rows(settings, encoder, max_length, train, config)
+        bf16 = training.use_bf16(config.precision, dist.device)
+        model = training.add_lora(base.load_weights(torch.float32), config, bf16).to(dist.device)
+        params = training.trainable(model)
+        optimizer = torch.optim.AdamW([p for _, p in params], lr=config.lr, weight_decay=0.0)
+        loss_model = training.CausalLoss(model)
+        step_model = loss_model
+        if dist.world > 1:
+            step_model = torch.nn.parallel.DistributedDataParallel(loss_model)
+        data = training.Data(train, config, dist.world)
+        state = {"step": 0, "planned_steps": None, "tokens": 0, "train_s": 0.0, "elapsed_s": 0.0, "eval_s": None}
+        state |= {"eval_loss_start": None, "eval_loss": None}
+        if resuming:
+            found = runs.load_checkpoint(run_dir)
+            if found is None:
+                raise UserError(f"{run_dir} has no checkpoint to resume from")
+            tensors, state = found
+            if state["planned_steps"] is not None and state["step"] >= state["planned_steps"]:
+                raise UserError(f"{run_dir} is complete ({state['step']} steps); start a new run to train more")
+            training.restore(tensors, params, optimizer)
+            if dist.main:
+                runs.truncate_metrics(run_dir, state["step"])
+        state["planned_steps"] = state["planned_steps"] or _fixed_plan(settings["budget"], data)
+        if dist.main and not resuming:
+            runs.write_json(run_dir / "config.json", settings | {"base": base.describe(), "rows": len(train)})
+        return cls(
+            settings, run_dir, dist, config, base, encoder, data, evals, model, loss_model, step_model,
+            params, optimizer, bf16, state, started,
+        )  # fmt: skip
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def train(self, progress: bool, on_step: Any) -> dict[str, Any]:
+        from tqdm import tqdm
+
+        from nomoat import training
+
+        st, stop = self.state, training.Stop()
+        bar = tqdm(total=st["planned_steps"], initial=st["step"], unit="step", desc="tune",
+                   disable=not progress or not self.dist.main, dynamic_ncols=True)  # fmt: skip
+        if st["eval_loss_start"] is None:
+            st["eval_loss_start"] = st["eval_loss"] = self._evaluate()
+            self._record({"step": 0, "loss": None, "eval_loss": st["eval_loss"]})
+        timed: list[tuple[float, int]] = []  # (seconds, padded tokens) of this sitting's steps after the first
+        last_checkpoint, reason, first = _now(), "steps", st["step"]
+        with stop.installed():
+            while True:
+                if st["planned_steps"] is not None and st["step"] >= st["planned_steps"]:
+                    break
+                if self._out_of_time(timed):
+                    reason = "time"
+                    break
+                seconds, padded, record = self._step()
+                if st["step"] > first + 1:
+                    timed.append((seconds, padded))
+                if st["planned_steps"] is None and len(timed) >= PLAN_AFTER:
+                    st["planned_steps"] = self._plan(timed)
+                    bar.total = st["planned_steps"]
+                if self._eval_due():
+                    record["eval_loss"] = st["eval_loss"] = self._evaluate()
+                self._record(record)
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tok_s']:.0f}", eval=st["eval_loss"])
+                wanted = bool(on_step(record)) if on_step else False
+                halt, save = self._agree(
+                    stop.requested or wanted, _now() - last_checkpoint > self.config.checkpoint_every_s
+                )
+                if halt:
+                    reason = "stopped"
+                    break
+                if save:
+                    self._checkpoint()
+                    last_checkpoint = _now()
+        bar.close()
+        return self._finish(reason)
+
+    def _step(self) -> tuple[float, int, dict[str, Any]]:
+        import torch
+
+        from nomoat import training
+
+        st, dist = self.state, self.dist
+        rows = self.data.batch(st["step"], dist.rank)
+        ids, labels = (t.to(dist.device) for t in trainset.collate(rows))
+        lr = training.learning_rate(st["step"], st["planned_steps"], self.config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        t = _now()
+        try:
+            with training._autocast(dist.device, self.bf16):
+                loss = self.step_model(ids, labels)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for _, p in self.params], self.config.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        except (torch.OutOfMemoryError, MemoryError) as exc:
+            raise UserError(
+                f"out of memory at step {st['step'] + 1} (batch of {ids.shape[0]} rows x {ids.shape[1]} tokens); "
+                f"the last checkpoint is intact: start again with a smaller --batch-size or --max-length"
+            ) from exc
+        seconds = _now() - t
+        tokens = int(training._all_reduce(sum(len(r.ids) for r in rows), dist))
+        st["step"] += 1
+        st["tokens"] += tokens
+        st["train_s"] += seconds
+        loss_value = training._all_reduce(float(loss.detach()), dist) / dist.world
+        record = {"step": st["step"], "loss": round(loss_value, 5), "lr": lr, "tokens": tokens}
+        record |= {"tok_s": round(tokens / max(seconds, 1e-9), 1), "elapsed_s": round(self._elapsed(), 1)}
+        return seconds, ids.numel(), record
+
+    def _elapsed(self) -> float:
+        return self.state["elapsed_s"] + _now() - self.started
+
+    # -- time budget --------------------------------------------------------------------------------
+    def _time_left(self) -> float | None:
+        budget = self.settings["budget"]["time_s"]
+        return None if budget is None else budget - self._elapsed()
+
+    def _reserve(self) -> float:
+        # Time kept for the end: a last eval, the checkpoint, the adapter and the sample answers.
+        return (self.state["eval_s"] or 0.0) + 10.0
+
+    def _step_cost(self, timed: list[tuple[float, int]]) -> Any:
+        per_token = sum(s for s, _ in timed) / max(1, sum(n for _, n in timed))
+        return lambda step: per_token * self.data.padded_tokens(step, self.dist.rank)
+
+    def _out_of_time(self, timed: list[tuple[float, int]]) -> bool:
+        left = self._time_left()
+        if left is None:
+            return False
+        predicted = self._step_cost(timed)(self.state["step"]) if timed else 0.0
+        return self._agree(left - self._reserve() < predicted, False)[0]
+
+    def _plan(self, timed: list[tuple[float, int]]) -> int:
+        """Steps that fit the time left, walking the known future batches with the measured cost per token."""
+        from nomoat import training
+
+        evals = (self.state["eval_s"] or 0.0) * self.config.evals
+        left = (self._time_left() or 0.0) - self._reserve() - evals
+        planned = training.plan_steps(self.state["step"], left, self._step_cost(timed))
+        return int(training._all_reduce(max(planned, self.state["step"] + 1), self.dist, "min"))
+
+    def _eval_due(self) -> bool:
+        planned = self.state["planned_steps"]
+        if not self.evals or planned is None:
+            return False
+        every = max(1, planned // max(1, self.config.evals))
+        return self.state["step"] % every == 0 or self.state["step"] >= planned
+
+    def _agree(self, stop: bool, save: bool) -> tuple[bool, bool]:
+        from nomoat import training
+
+        if self.dist.world == 1:
+            return stop, save
+        return bool(training._all_reduce(float(stop), self.dist, "max")), bool(
+            training._all_reduce(float(save), self.dist, "max")
+        )
+
+    # -- eval, checkpoint, end ------------------------------------------------------------------------
+    def _evaluate(self) -> float | None:
+        from nomoat import training
+
+        if not self.evals:
+            return None
+        t = _now()
+        loss = training.evaluate(self.loss_model, list(self.evals), self.config, self.dist, self.bf16)
+        self.state["eval_s"], self.state["eval_step"] = _now() - t, self.state["step"]
+        return round(loss, 5)
+
+    def _record(self, record: dict[str, Any]) -> None:
+        if self.dist.main:
+            runs.append_metric(self.run_dir, record)
+
+    def _checkpoint(self) -> None:
+        from nomoat import training
+
+        tensors = training.checkpoint_tensors(self.params, self.optimizer)
+        self.state["elapsed_s"], self.started = self._elapsed(), _now()
+        if self.dist.main:
+            try:
+                runs.save_checkpoint(self.run_dir, tensors, self.state)
+            except OSError as exc:
+                raise UserError(
+                    f"could not save the checkpoint of step {self.state['step']} ({exc.strerror or exc}); "
+                    f"the previous checkpoint in {self.run_dir} is intact: free space, then --resume {self.run_dir}"
+                ) from exc
+        self._barrier()
+
+    def _barrier(self) -> None:
+        if self.dist.world > 1:
+            import torch
+
+            torch.distributed.barrier()
+
+    def _finish(self, reason: str) -> dict[str, Any]:
+        st = self.state
+        complete = reason != "stopped"
+        if complete and self.evals and st.get("eval_step") != st["step"]:
+            st["eval_loss"] = self._evaluate()
+        self._checkpoint()
+        adapter = self.run_dir / "adapter"
+        if self.dist.main:
+            runs.replace_dir(adapter, self._save_adapter)
+        samples = self._samples() if complete and self.dist.main else []
+        summary = {
+            "run": str(self.run_dir),
+            "status": "complete" if complete else "stopped",
+            "stop_reason": reason,
+            "steps": st["step"],
+            "planned_steps": st["planned_steps"],
+            "tokens": st["tokens"],
+            "train_tok_s": round(st["tokens"] / st["train_s"], 1) if st["train_s"] else None,
+            "seconds": round(st["elapsed_s"], 1),
+            "eval_loss_start": st["eval_loss_start"],
+            "eval_loss_end": st["eval_loss"],
+            "adapter": str(adapter),
+            "precision": "bf16" if self.bf16 else "fp32",
+            "processes": self.dist.world,
+            "samples": samples,
+        }
+        if self.dist.main:
+            runs.write_json(self.run_dir / "summary.json", summary)
+            weights = adapter / "adapter_model.safetensors"
+            runs.update_manifest(
+                self.run_dir,
+                run_id=self.run_dir.name,
+                status=summary["status"],
+                kb=None,
+                dataset={"path": self.settings["data"], "sha256": self.settings["data_sha256"]},
+                eval_dataset=self.settings["eval_data"],
+                base_model=self.base.describe(),
+                adapter={"path": str(weights), "sha256": basemodel.sha256_file(weights), "format": "peft"},
+                exports=runs.read_json(self.run_dir / "manifest.json").get("exports", [])
+                if (self.run_dir / "manifest.json").exists()
+                else [],
+                eval=None,
+            )
+        self._barrier()
+        return summary
+
+    def _save_adapter(self, folder: Path) -> None:
+        # PEFT's own format (adapter_config.json + adapter_model.safetensors): peft, vLLM and llama.cpp's
+        # convert_lora_to_gguf.py all read it. The base model's name is its path here, not a hub id.
+        self.model.save_pretrained(str(folder), safe_serialization=True, save_embedding_layers=False)
+
+    def _samples(self) -> list[dict[str, str]]:
+        """Answers of the base and the tuned model to a few eval prompts, greedy, side by side."""
+        import torch
+
+        from nomoat import training
+
+        rows = [r for r in _read_eval_messages(self.settings)][: self.config.sample_prompts]
+        out = []
+        self.model.eval()
+        for messages in rows:
+            ids = torch.tensor([self.encoder.encode_prompt(messages[:-1])], device=self.dist.device)
+            answers = {}
+            for name in ("base", "tuned"):
+                with torch.no_grad(), training._autocast(self.dist.device, self.bf16):
+                    if name == "base":
+                        with self.model.disable_adapter():
+                            answers[name] = self._generate(ids)
+                    else:
+                        answers[name] = self._generate(ids)
+            out.append({"prompt": messages[-2]["content"], "reference": messages[-1]["content"], **answers})
+        return out
+
+    def _generate(self, ids: Any) -> str:
+        tok = self.base.tokenizer
+        new = self.model.generate(
+            input_ids=ids, max_new_tokens=self.config.sample_tokens, do_sample=False,
+            eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
+        )[0, ids.shape[1]:]  # fmt: skip
+        return tok.decode(new, skip_special_tokens=True).strip()
+
+    def close(self) -> None:
+        if self.dist.world > 1:
+            import torch
+
+            if torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+
+
+PLAN_AFTER = 4  # steps timed (after the first, a warm-up) before a --time run plans its step count
+
+
+def _fixed_plan(budget: dict[str, Any], data: Any) -> int | None:
+    if budget.get("steps"):
+        return int(budget["steps"])
+    if budget.get("time_s"):
+        return None  # planned after the first steps are timed
+    return max(1, math.ceil((budget.get("epochs") or 1.0) * data.steps_per_epoch))
+
+
+def _eval_rows(settings, encoder, max_length, train, config) -> list:
+    if not settings.get("eval_data"):
+        return []
+    rows = trainset.load(settings["eval_data"], encoder, max_length, skip_invalid=True)
+    return rows[: config.eval_rows]
+
+
+def _read_eval_messages(settings: dict[str, Any]) -> list[list[dict[str, str]]]:
+    from nomoat.datasets import read_rows
+
+    source = settings.get("eval_data") or settings["data"]
+    return [row["messages"] for _, row, _ in read_rows(source) if row is not None]
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """The human-readable end of a run."""
+    minutes, seconds = divmod(int(s["seconds"]), 60)
+    lines = [
+        f"run: {s['run']}",
+        f"{s['status']} ({s['stop_reason']}): {s['steps']}/{s['planned_steps'] or '?'} steps, "
+        f"{s['tokens']:,} tokens at {s['train_tok_s'] or 0:.0f} tok/s ({s['precision']}), {minutes}m {seconds}s",
+    ]
+    if s["eval_loss_start"] is not None:
+        lines.append(f"eval loss: {s['eval_loss_start']:.4f} -> {s['eval_loss_end']:.4f}")
+    lines.append(f"adapter: {s['adapter']}")
+    if s["status"] != "complete":
+        lines.append(f"continue with: nomoat tune --resume {s['run']}")
+    for sample in s["samples"]:
+        lines += [f"\nQ: {sample['prompt']}", f"  base:  {sample['base']}", f"  tuned: {sample['tuned']}"]
+    return "\n".join(lines)
+
+
+from nomoat._api import expose  # noqa: E402
+
+expose(__name__, run)
