@@ -277,3 +277,12 @@ def test_two_processes_under_torchrun_gloo(dataset: Path, tiny_gguf: Path, tmp_p
     rows = [r for r in runs.read_metrics(run) if r["step"] > 0]
     assert len(rows) == 4 and all(r["tokens"] > 0 for r in rows)
     assert adapter_tensors(run)
+
+
+def test_a_dequantized_gguf_is_a_plain_model(tiny_gguf: Path, tmp_path: Path) -> None:
+    base = basemodel.load(tiny_gguf)
+    model = base.load_weights(torch.float32)
+    assert not getattr(model, "is_quantized", False) and getattr(model, "hf_quantizer", None) is None
+    model.save_pretrained(str(tmp_path / "hf"))  # what export will write: no GGUF quantization config
+    assert "quantization_config" not in json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert base.context_length == 512 and base.chat_template and "<|im_start|>" in base.chat_template

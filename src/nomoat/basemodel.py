@@ -49,6 +49,12 @@ class Base:
                 )
             except (OSError, ValueError, KeyError, RuntimeError) as exc:
                 raise ModelError(f"cannot load {self.ref.path} for training: {_first_line(exc)}") from None
+        quantizer = getattr(self.model, "hf_quantizer", None)
+        if self.ref.kind == "gguf" and quantizer is not None:
+            # The weights are plain floats now; transformers still tags the model "GGUF-quantized", which makes
+            # Trainer refuse it and save_pretrained write a quantization_config that other loaders trip on.
+            quantizer.remove_quantization_config(self.model)
+            self.model.config._is_quantized = False
         return self.model
 
 

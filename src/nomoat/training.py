@@ -98,12 +98,12 @@ class CausalLoss(torch.nn.Module):
     A module (not a function) so DDP can wrap it. Assumes the plain ``head(hidden)`` logits of Llama-style
     models (no logit soft-capping)."""
 
-    def __init__(self, peft_model: Any) -> None:
+    def __init__(self, model: Any) -> None:
         super().__init__()
-        self.peft = peft_model
+        self.model = model  # a PeftModel, or a plain causal LM
 
     def forward(self, ids: Any, labels: Any) -> Any:
-        lm = self.peft.get_base_model()
+        lm = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         hidden = getattr(lm, lm.base_model_prefix)(input_ids=ids).last_hidden_state
         target = labels[:, 1:]
         keep = target != trainset.IGNORE

@@ -105,3 +105,22 @@ def test_data_build_with_the_bundled_model_writes_scrubbed_rows_and_a_card(home:
     assert "Removed by filter" in (tmp_path / "data.md").read_text()
     stats = _nomoat(home, "data", "stats", str(out), "--json")
     assert stats.returncode == 0 and json.loads(stats.stdout)["rows"] == summary["train"]
+
+
+def test_tune_the_bundled_model_on_a_built_dataset(home: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data.jsonl"
+    built = _nomoat(home, "data", "build", "-o", str(data), "--no-model", "--eval-fraction", "0.3", "--json")
+    assert built.returncode == 0, built.stderr
+    run = tmp_path / "run"
+    proc = _nomoat(home, "tune", str(data), "--steps", "3", "--batch-size", "2", "-o", str(run), "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["status"] == "complete" and summary["steps"] == 3 and summary["tokens"] > 0
+    assert summary["eval_loss_start"] > 0 and summary["eval_loss_end"] > 0
+    assert summary["samples"] and all(s["base"] and s["tuned"] for s in summary["samples"])
+    from nomoat.basemodel import sha256_file
+    from nomoat.models import bundled_path
+
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["base_model"]["sha256"] == sha256_file(bundled_path())
+    assert (run / "adapter" / "adapter_model.safetensors").stat().st_size > 1_000_000  # rank 16 on 30 layers
