@@ -138,6 +138,56 @@ def eval_losses(adapters: dict[str, Path], eval_path: Path, args: argparse.Names
     return losses
 
 
+def ablation(data: Path, args: argparse.Namespace, batches: int = 8) -> None:
+    """What each of nomoat's choices is worth: train tokens/s on the same batches, one change at a time."""
+    import torch
+
+    from nomoat import basemodel, training, trainset
+    from nomoat.config import TuneConfig
+
+    config = TuneConfig(rank=args.rank, batch_size=args.batch_size)
+    base = basemodel.load("default")
+    encoder = trainset.ChatEncoder(base.tokenizer, base.chat_template)
+    rows = trainset.load(data, encoder, args.max_length)
+    grouped = training.Data(rows, config, 1)
+    shuffled = [rows[i : i + args.batch_size] for i in range(0, batches * args.batch_size, args.batch_size)]
+    weights = base.load_weights(torch.float32)
+    variants = [  # (name, bf16, logits only where labelled, length-grouped batches)
+        ("fp32, full logits, random batches (Trainer-like)", False, False, False),
+        ("bf16 autocast", True, False, False),
+        ("bf16 + logits only on labelled tokens", True, True, False),
+        ("bf16 + labelled logits + length-grouped batches (nomoat)", True, True, True),
+    ]
+    baseline = None
+    for name, bf16, selected, grouped_batches in variants:
+        model = training.add_lora(copy_model(weights), config, bf16)
+        params = [p for _, p in training.trainable(model)]
+        optimizer = torch.optim.AdamW(params, lr=1e-4)
+        selective = training.CausalLoss(model)
+        chosen = [grouped.batch(s, 0) for s in range(batches)] if grouped_batches else shuffled
+        seconds = tokens = 0.0
+        for i, batch in enumerate([chosen[0], *chosen]):  # the first is a warm-up, not timed
+            ids, labels = trainset.collate(batch)
+            t = time.perf_counter()
+            with training._autocast("cpu", bf16):
+                loss = selective(ids, labels) if selected else model(input_ids=ids, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if i:
+                seconds += time.perf_counter() - t
+                tokens += sum(len(e.ids) for e in batch)
+        rate = tokens / seconds
+        baseline = baseline or rate
+        print(f"{name:60s} {rate:7.0f} tok/s  {rate / baseline:5.2f}x", flush=True)
+
+
+def copy_model(model: object) -> object:
+    import copy
+
+    return copy.deepcopy(model)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, help="train JSONL (default: built from git-doc); DATA.eval.jsonl beside it")
@@ -148,6 +198,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--eval-rows", type=int, default=200)
+    ap.add_argument("--parts", default="compare,ablation", help="compare (vs Trainer + PEFT) and/or ablation")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["NOMOAT_HOME"] = tempfile.mkdtemp(prefix="nomoat-bench-tune-")
@@ -156,6 +207,11 @@ def main() -> None:
     data = subset(source, work / "train.jsonl", args.rows)
     eval_path = source.with_name(source.stem + ".eval.jsonl")  # scored once at the end, the same way for both
 
+    if "ablation" in args.parts:
+        print("\nablation: train tokens/s on the same rows, one change at a time", flush=True)
+        ablation(data, args)
+    if "compare" not in args.parts:
+        return
     ours = run_nomoat(data, work / "nomoat", args)
     theirs = run_baseline(data, work / "baseline", args)
     print("\nscoring both adapters on the same eval rows (fp32) ...", flush=True)

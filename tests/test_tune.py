@@ -286,3 +286,12 @@ def test_a_dequantized_gguf_is_a_plain_model(tiny_gguf: Path, tmp_path: Path) ->
     model.save_pretrained(str(tmp_path / "hf"))  # what export will write: no GGUF quantization config
     assert "quantization_config" not in json.loads((tmp_path / "hf" / "config.json").read_text())
     assert base.context_length == 512 and base.chat_template and "<|im_start|>" in base.chat_template
+
+
+def test_step_cost_has_a_fixed_and_a_per_token_part() -> None:
+    samples = [(0.5 + 0.001 * n, n) for n in (100, 400, 250, 800, 120, 640, 300, 90, 700)]
+    cost = training.fit_step_cost(samples)
+    assert cost(1000) == pytest.approx(1.5) and cost(0) == pytest.approx(0.5)
+    few = training.fit_step_cost(samples[:3])  # too few to fit: proportional
+    per_token = sum(s for s, _ in samples[:3]) / sum(n for _, n in samples[:3])
+    assert few(750) == pytest.approx(per_token * 750)

@@ -159,6 +159,25 @@ def plan_steps(start: int, seconds_left: float, step_cost: Callable[[int], float
     return step
 
 
+def fit_step_cost(timed: list[tuple[float, int]]) -> Callable[[int], float]:
+    """Seconds a step of ``n`` padded tokens takes: a + b*n fitted to (seconds, n) samples by least squares.
+
+    The fixed part ``a`` matters: optimizer update, hundreds of small LoRA kernels and Python per step cost
+    the same for a short batch as for a long one. With few or uniform samples, seconds per token alone."""
+    if not timed:
+        return lambda n: 0.0
+    xs, ys = [n for _, n in timed], [s for s, _ in timed]
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    var = sum((x - mean_x) ** 2 for x in xs)
+    if len(timed) >= 8 and var > 0:
+        b = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / var
+        a = mean_y - b * mean_x
+        if a >= 0 and b >= 0:
+            return lambda n: a + b * n
+    per_token = sum(ys) / max(1, sum(xs))
+    return lambda n: per_token * n
+
+
 @dataclass
 class Data:
     """Training rows and the deterministic batch order of every epoch."""
@@ -238,6 +257,29 @@ def evaluate(loss_model: Any, rows: list[trainset.Example], config: TuneConfig, 
 
 def _autocast(device: str, bf16: bool) -> Any:
     return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=bf16)
+
+
+def side_by_side(model: Any, encoder: Any, chats: list, max_tokens: int, bf16: bool) -> list[dict[str, str]]:
+    """Greedy answers of the base (adapter off) and the tuned model to the prompts of ``chats``."""
+    tok = encoder.tokenizer
+    device = next(model.parameters()).device
+
+    def answer(ids: Any) -> str:
+        with torch.no_grad(), _autocast(str(device), bf16):
+            out = model.generate(input_ids=ids, max_new_tokens=max_tokens, do_sample=False,
+                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)  # fmt: skip
+        return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+
+    model.eval()
+    rows = []
+    for messages in chats:
+        ids = torch.tensor([encoder.encode_prompt(messages[:-1])], device=device)
+        with model.disable_adapter():
+            base = answer(ids)
+        rows.append({"prompt": messages[-2]["content"], "reference": messages[-1]["content"], "base": base,
+                     "tuned": answer(ids)})  # fmt: skip
+    model.train()
+    return rows
 
 
 def checkpoint_tensors(params: list[tuple[str, Any]], optimizer: Any) -> dict[str, Any]:

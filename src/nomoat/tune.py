@@ -3,7 +3,8 @@
 A run folder (see :mod:`nomoat.runs`) holds everything: settings, per-step metrics, the checkpoint that
 ``--resume`` continues from exactly, the adapter, a manifest and a summary comparing base and tuned answers.
 With ``--time`` the first steps are timed, the number of steps that fits the budget is planned (so the
-learning-rate schedule can end on time), and the run stops cleanly at the deadline. Ctrl-C also stops
+learning-rate schedule can end on time) and re-planned at every eval from all timings so far, and the run
+stops cleanly at the deadline. Ctrl-C also stops
 cleanly after the current step with a checkpoint. The mechanics live in :mod:`nomoat.training`.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,7 @@ def _new_settings(data, model, budget_time, steps, epochs, eval_data, overrides,
         "data": str(data_path),
         "data_sha256": basemodel.sha256_file(data_path),
         "eval_data": str(eval_path) if eval_path else None,
-        "model": str(model),
+        "model": str(model) if str(model) == "default" else str(Path(model).expanduser().resolve()),
         "budget": {"time_s": seconds, "steps": steps, "epochs": epochs if seconds is None and not steps else None},
         "tune": asdict(config),
         "world_size": world,
@@ -162,7 +163,6 @@ class _Session:
     bf16: bool
     state: dict[str, Any]
     started: float
-    log: list = field(default_factory=list)
 
     @classmethod
     def start(cls, settings, run_dir, dist, resuming, skip_invalid, started) -> _Session:
@@ -180,7 +180,7 @@ class _Session:
         encoder = trainset.ChatEncoder(base.tokenizer, base.chat_template)
         max_length = min(config.max_length, base.context_length or config.max_length)
         train = trainset.load(settings["data"], encoder, max_length, skip_invalid)
-        evals = _eval_rows(settings, encoder, max_length, train, config)
+        evals = _eval_rows(settings, encoder, max_length, config)
         bf16 = training.use_bf16(config.precision, dist.device)
         model = training.add_lora(base.load_weights(torch.float32), config, bf16).to(dist.device)
         params = training.trainable(model)
@@ -235,10 +235,11 @@ class _Session:
                 if st["step"] > first + 1:
                     timed.append((seconds, padded))
                 if st["planned_steps"] is None and len(timed) >= PLAN_AFTER:
-                    st["planned_steps"] = self._plan(timed)
-                    bar.total = st["planned_steps"]
+                    st["planned_steps"] = bar.total = self._plan(timed)
                 if self._eval_due():
                     record["eval_loss"] = st["eval_loss"] = self._evaluate()
+                    if self._time_left() is not None:  # re-plan with every measurement so far
+                        st["planned_steps"] = bar.total = self._plan(timed)
                 self._record(record)
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tok_s']:.0f}", eval=st["eval_loss"])
@@ -302,8 +303,10 @@ class _Session:
         return (self.state["eval_s"] or 0.0) + 10.0
 
     def _step_cost(self, timed: list[tuple[float, int]]) -> Any:
-        per_token = sum(s for s, _ in timed) / max(1, sum(n for _, n in timed))
-        return lambda step: per_token * self.data.padded_tokens(step, self.dist.rank)
+        from nomoat import training
+
+        cost = training.fit_step_cost(timed)
+        return lambda step: cost(self.data.padded_tokens(step, self.dist.rank))
 
     def _out_of_time(self, timed: list[tuple[float, int]]) -> bool:
         left = self._time_left()
@@ -316,8 +319,8 @@ class _Session:
         """Steps that fit the time left, walking the known future batches with the measured cost per token."""
         from nomoat import training
 
-        evals = (self.state["eval_s"] or 0.0) * self.config.evals
-        left = (self._time_left() or 0.0) - self._reserve() - evals
+        evals_left = max(0, self.config.evals - self.state.get("evals_done", 0))
+        left = (self._time_left() or 0.0) - self._reserve() - (self.state["eval_s"] or 0.0) * evals_left
         planned = training.plan_steps(self.state["step"], left, self._step_cost(timed))
         return int(training._all_reduce(max(planned, self.state["step"] + 1), self.dist, "min"))
 
@@ -346,6 +349,7 @@ class _Session:
         t = _now()
         loss = training.evaluate(self.loss_model, list(self.evals), self.config, self.dist, self.bf16)
         self.state["eval_s"], self.state["eval_step"] = _now() - t, self.state["step"]
+        self.state["evals_done"] = self.state.get("evals_done", -1) + 1  # the one before training is not counted
         return round(loss, 5)
 
     def _record(self, record: dict[str, Any]) -> None:
@@ -401,23 +405,21 @@ class _Session:
         }
         if self.dist.main:
             runs.write_json(self.run_dir / "summary.json", summary)
-            weights = adapter / "adapter_model.safetensors"
-            runs.update_manifest(
-                self.run_dir,
-                run_id=self.run_dir.name,
-                status=summary["status"],
-                kb=None,
-                dataset={"path": self.settings["data"], "sha256": self.settings["data_sha256"]},
-                eval_dataset=self.settings["eval_data"],
-                base_model=self.base.describe(),
-                adapter={"path": str(weights), "sha256": basemodel.sha256_file(weights), "format": "peft"},
-                exports=runs.read_json(self.run_dir / "manifest.json").get("exports", [])
-                if (self.run_dir / "manifest.json").exists()
-                else [],
-                eval=None,
-            )
+            self._manifest(summary["status"], adapter / "adapter_model.safetensors")
         self._barrier()
         return summary
+
+    def _manifest(self, status: str, weights: Path) -> None:
+        # kb -> dataset -> base model -> adapter; export and eval add their entries to the same file later
+        runs.update_manifest(
+            self.run_dir,
+            run_id=self.run_dir.name,
+            status=status,
+            dataset={"path": self.settings["data"], "sha256": self.settings["data_sha256"]},
+            eval_dataset=self.settings["eval_data"],
+            base_model=self.base.describe(),
+            adapter={"path": str(weights), "sha256": basemodel.sha256_file(weights), "format": "peft"},
+        )
 
     def _save_adapter(self, folder: Path) -> None:
         # PEFT's own format (adapter_config.json + adapter_model.safetensors): peft, vLLM and llama.cpp's
@@ -425,34 +427,10 @@ class _Session:
         self.model.save_pretrained(str(folder), safe_serialization=True, save_embedding_layers=False)
 
     def _samples(self) -> list[dict[str, str]]:
-        """Answers of the base and the tuned model to a few eval prompts, greedy, side by side."""
-        import torch
-
         from nomoat import training
 
-        rows = [r for r in _read_eval_messages(self.settings)][: self.config.sample_prompts]
-        out = []
-        self.model.eval()
-        for messages in rows:
-            ids = torch.tensor([self.encoder.encode_prompt(messages[:-1])], device=self.dist.device)
-            answers = {}
-            for name in ("base", "tuned"):
-                with torch.no_grad(), training._autocast(self.dist.device, self.bf16):
-                    if name == "base":
-                        with self.model.disable_adapter():
-                            answers[name] = self._generate(ids)
-                    else:
-                        answers[name] = self._generate(ids)
-            out.append({"prompt": messages[-2]["content"], "reference": messages[-1]["content"], **answers})
-        return out
-
-    def _generate(self, ids: Any) -> str:
-        tok = self.base.tokenizer
-        new = self.model.generate(
-            input_ids=ids, max_new_tokens=self.config.sample_tokens, do_sample=False,
-            eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
-        )[0, ids.shape[1]:]  # fmt: skip
-        return tok.decode(new, skip_special_tokens=True).strip()
+        chats = _read_eval_messages(self.settings)[: self.config.sample_prompts]
+        return training.side_by_side(self.model, self.encoder, chats, self.config.sample_tokens, self.bf16)
 
     def close(self) -> None:
         if self.dist.world > 1:
@@ -473,7 +451,7 @@ def _fixed_plan(budget: dict[str, Any], data: Any) -> int | None:
     return max(1, math.ceil((budget.get("epochs") or 1.0) * data.steps_per_epoch))
 
 
-def _eval_rows(settings, encoder, max_length, train, config) -> list:
+def _eval_rows(settings, encoder, max_length, config) -> list:
     if not settings.get("eval_data"):
         return []
     rows = trainset.load(settings["eval_data"], encoder, max_length, skip_invalid=True)
