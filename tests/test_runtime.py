@@ -135,3 +135,14 @@ def test_load_is_cached_per_settings(tiny_gguf: Path) -> None:
     config = RuntimeConfig(n_ctx=512, n_threads=1)
     assert runtime.load(tiny_gguf, config) is runtime.load(tiny_gguf, config)
     assert runtime.load(tiny_gguf, RuntimeConfig(n_ctx=256, n_threads=1)).n_ctx == 256
+
+
+def test_plain_cpu_buffers_turn_extra_buffer_types_off_only_meanwhile() -> None:
+    import llama_cpp.llama_cpp as C
+
+    from nomoat.runtime import _plain_cpu_buffers
+
+    assert C.llama_model_default_params().use_extra_bufts is True
+    with _plain_cpu_buffers():
+        assert C.llama_model_default_params().use_extra_bufts is False
+    assert C.llama_model_default_params().use_extra_bufts is True

@@ -295,3 +295,10 @@ def test_step_cost_has_a_fixed_and_a_per_token_part() -> None:
     few = training.fit_step_cost(samples[:3])  # too few to fit: proportional
     per_token = sum(s for s, _ in samples[:3]) / sum(n for _, n in samples[:3])
     assert few(750) == pytest.approx(per_token * 750)
+
+
+def test_an_empty_eval_split_only_skips_eval_loss(dataset: Path, tiny_gguf: Path, tmp_path: Path) -> None:
+    dataset.with_name("boxes.eval.jsonl").write_text("")
+    summary = quick(dataset, tiny_gguf, tmp_path / "noeval", steps=2)
+    assert summary["status"] == "complete" and summary["eval_loss_start"] is None
+    assert summary["samples"]  # answers still compared, on training prompts

@@ -287,20 +287,51 @@ def _load_llama(path: Path, config: RuntimeConfig, n_ctx: int) -> Any:
     except ImportError as exc:  # pragma: no cover - install problem
         raise UserError(f"llama-cpp-python is not installed ({exc}); run `make install`") from None
     try:
-        llama = Llama(
-            model_path=str(path),
-            n_ctx=n_ctx,
-            n_batch=min(config.n_batch, n_ctx),
-            n_threads=config.n_threads,
-            n_threads_batch=config.n_threads,
-            seed=config.seed,
-            verbose=False,
-        )
+        with _plain_cpu_buffers() if _cpu_has_amx() else contextlib.nullcontext():
+            llama = Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_batch=min(config.n_batch, n_ctx),
+                n_threads=config.n_threads,
+                n_threads_batch=config.n_threads,
+                seed=config.seed,
+                verbose=False,
+            )
     except Exception as exc:  # any loader failure (ValueError, jinja2 errors in extra templates) is the file's
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"llama.cpp could not load {path.name}: {reason}") from None
     _live.add(llama)
     return llama
+
+
+def _cpu_has_amx() -> bool:
+    try:
+        return " amx_int8" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _plain_cpu_buffers() -> Iterator[None]:
+    """Load with ``use_extra_bufts = False``: llama.cpp's AMX matmul segfaults on any batch > 1 token
+    (ggml_backend_amx_mul_mat, upstream llama.cpp#20824). Building with -DGGML_AMX_*=OFF was meant to avoid
+    it, but llama-cpp-python 0.3.36 built that way still contains the AMX kernels (seen 2026-11-29 on a CPU
+    with AMX: segfault in ggml_backend_amx_mul_mat), so on AMX CPUs the extra buffer types stay off at load.
+    Llama() has no argument for it; it reads the defaults from this function, which we wrap meanwhile."""
+    import llama_cpp.llama_cpp as C
+
+    default = C.llama_model_default_params
+
+    def plain() -> Any:
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    C.llama_model_default_params = plain
+    try:
+        yield
+    finally:
+        C.llama_model_default_params = default
 
 
 # llama-cpp-python frees its model in __del__; at interpreter exit its C bindings may already be gone, which

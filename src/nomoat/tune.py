@@ -11,6 +11,7 @@ cleanly after the current step with a checkpoint. The mechanics live in :mod:`no
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -454,15 +455,23 @@ def _fixed_plan(budget: dict[str, Any], data: Any) -> int | None:
 def _eval_rows(settings, encoder, max_length, config) -> list:
     if not settings.get("eval_data"):
         return []
-    rows = trainset.load(settings["eval_data"], encoder, max_length, skip_invalid=True)
+    try:
+        rows = trainset.load(settings["eval_data"], encoder, max_length, skip_invalid=True)
+    except UserError as exc:  # an empty eval split (a tiny knowledge base) is no reason to refuse training
+        print(f"nomoat: {exc}; eval loss is not measured", file=sys.stderr)
+        return []
     return rows[: config.eval_rows]
 
 
 def _read_eval_messages(settings: dict[str, Any]) -> list[list[dict[str, str]]]:
+    """Chats for the side-by-side answers: held-out ones when there are any, else training ones."""
     from nomoat.datasets import read_rows
 
-    source = settings.get("eval_data") or settings["data"]
-    return [row["messages"] for _, row, _ in read_rows(source) if row is not None]
+    for source in (settings.get("eval_data"), settings["data"]):
+        chats = [row["messages"] for _, row, _ in read_rows(source) if row is not None] if source else []
+        if chats:
+            return chats
+    return []
 
 
 def format_summary(s: dict[str, Any]) -> str:
