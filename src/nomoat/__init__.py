@@ -26,6 +26,7 @@ _STAGES = {
     "ask": "nomoat.rag",
     "curate": "nomoat.curate",
     "tune": "nomoat.tune",
+    "export": "nomoat.export",
 }
 
 

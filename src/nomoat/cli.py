@@ -25,6 +25,8 @@ EPILOG = """examples:
   nomoat data build -o mydata.jsonl --time 30m          a curated dataset from the knowledge base
   nomoat tune mydata.jsonl --time 20m                   a LoRA adapter trained on it (Ctrl-C stops cleanly)
   nomoat tune --resume RUN                              continue a stopped run exactly
+  nomoat export RUN --format all                        GGUF (checked against torch), HF folder, Modelfile
+  nomoat chat --model RUN                               chat with the tuned model (its newest GGUF export)
 
 state lives in $NOMOAT_HOME (default: your user data folder); --model takes 'default', a .gguf file or a folder."""
 
@@ -202,6 +204,13 @@ def cmd_tune(args: argparse.Namespace) -> None:
     _emit(args, summary, tune.format_summary)
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from nomoat import export
+
+    result = export.run(args.run, format=args.format, quant=args.quant, output=args.output)
+    _emit(args, result, export.format_export)
+
+
 def cmd_models(args: argparse.Namespace) -> None:
     from nomoat import models
 
@@ -376,6 +385,16 @@ def _setup_tune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON (no progress bar)")
 
 
+def _setup_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="a tune run: its folder, or its name under $NOMOAT_HOME/runs")
+    formats = ["gguf", "hf", "ollama", "all"]
+    help_text = "gguf (llama.cpp), hf (safetensors folder), ollama (gguf + Modelfile), all; default gguf"
+    p.add_argument("--format", default="gguf", choices=formats, help=help_text)
+    p.add_argument("--quant", default="q8_0", choices=["f16", "q8_0", "q4_0", "q4_k_m"], help="GGUF type (q8_0)")
+    p.add_argument("-o", "--output", metavar="DIR", help="where to write (default: RUN/export)")
+    p.add_argument("--json", action="store_true", help="machine-readable result")
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {
     "chat": ("chat with a model, interactively or --once", _setup_chat, cmd_chat),
     "models": ("list the models you can run (size, architecture, context, quantization)", _setup_models, cmd_models),
@@ -384,6 +403,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "ask": ("answer a question from a knowledge base, with checked citations", _setup_ask, cmd_ask),
     "data": ("build a grounded instruction dataset from a KB; import or describe datasets", _setup_data, cmd_data),
     "tune": ("fine-tune a LoRA adapter on a chat dataset, within a time budget, resumable", _setup_tune, cmd_tune),
+    "export": ("merge a run's adapter and export GGUF / HF / Ollama files, parity-checked", _setup_export, cmd_export),
     "kb": ("list, describe or remove knowledge bases", _setup_kb, cmd_kb),
 }
 

@@ -27,7 +27,7 @@ class ModelRef:
     name: str
     path: Path
     kind: str
-    source: str  # "bundled" | "file" | "folder"
+    source: str  # "bundled" | "file" | "folder" | "run" (a GGUF exported from a tune run)
 
 
 def bundled_path() -> Path:
@@ -56,7 +56,11 @@ def resolve(model: str | Path | None = None) -> ModelRef:
         return ModelRef(BUNDLED_NAME, bundled_path(), "gguf", "bundled")
     path = Path(model).expanduser()
     if not path.exists():
-        raise ModelError(f"model not found: {model} (give 'default', a .gguf file or a model folder)")
+        path = _run_folder(str(model)) or path
+    if not path.exists():
+        raise ModelError(f"model not found: {model} (give 'default', a .gguf file, a model folder or a tune run)")
+    if (path / "manifest.json").is_file():
+        return _run_export(path)
     if path.is_file():
         return ModelRef(path.stem, path.resolve(), "gguf", "file")
     if (path / "config.json").is_file():
@@ -68,6 +72,23 @@ def resolve(model: str | Path | None = None) -> ModelRef:
         names = ", ".join(g.name for g in ggufs[:4])
         raise ModelError(f"{path} holds several .gguf files ({names}); name one of them with --model")
     raise ModelError(f"{path} is not a model: expected a .gguf file or a folder with config.json")
+
+
+def _run_folder(name: str) -> Path | None:
+    from nomoat.paths import runs_dir
+
+    candidate = runs_dir() / name
+    return candidate if "/" not in name and (candidate / "manifest.json").is_file() else None
+
+
+def _run_export(run: Path) -> ModelRef:
+    """The newest GGUF exported from a tune run (``nomoat export RUN``)."""
+    manifest = _read_json(run / "manifest.json")
+    ggufs = [e for e in manifest.get("exports", []) if e.get("format") == "gguf" and Path(e["path"]).is_file()]
+    if not ggufs:
+        raise ModelError(f"run {run.name} has no GGUF export yet: run `nomoat export {run}` first")
+    path = Path(ggufs[-1]["path"])
+    return ModelRef(path.stem, path.resolve(), "gguf", "run")
 
 
 def describe(ref: ModelRef) -> dict[str, Any]:
@@ -109,6 +130,7 @@ def available() -> list[dict[str, Any]]:
     user_dir = home() / "models"
     if user_dir.is_dir():
         refs += [resolve(p) for p in sorted(user_dir.iterdir()) if p.suffix == ".gguf" or p.is_dir()]
+    refs += _exported()
     out = []
     for ref in refs:
         try:
@@ -116,6 +138,20 @@ def available() -> list[dict[str, Any]]:
         except ModelError as exc:
             out.append({"name": ref.name, "path": str(ref.path), "kind": ref.kind, "error": str(exc)})
     return out
+
+
+def _exported() -> list[ModelRef]:
+    """GGUF files exported from tune runs under $NOMOAT_HOME/runs."""
+    from nomoat.paths import runs_dir
+
+    refs = []
+    for manifest in sorted(runs_dir().glob("*/manifest.json")) if runs_dir().is_dir() else []:
+        with contextlib.suppress(ModelError):
+            for export in _read_json(manifest).get("exports", []):
+                if export.get("format") == "gguf" and Path(export["path"]).is_file():
+                    path = Path(export["path"])
+                    refs.append(ModelRef(path.stem, path, "gguf", "run"))
+    return refs
 
 
 def _read_json(path: Path) -> dict[str, Any]:

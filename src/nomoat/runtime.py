@@ -304,6 +304,47 @@ def _load_llama(path: Path, config: RuntimeConfig, n_ctx: int) -> Any:
     return llama
 
 
+QUANT_TYPES = {"f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0", "q4_k_m": "Q4_K_M"}
+
+
+def quantize(src: Path, dst: Path, quant: str, threads: int | None = None) -> Path:
+    """Requantize a GGUF with llama.cpp (``llama_model_quantize``); ``quant`` is a key of QUANT_TYPES."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{QUANT_TYPES[quant]}")
+    params.allow_requantize = True
+    params.nthread = threads or RuntimeConfig().n_threads
+    from llama_cpp._utils import suppress_stdout_stderr  # llama.cpp logs every tensor to stderr
+
+    with suppress_stdout_stderr(disable=False):
+        failed = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params) != 0
+    if failed:
+        raise ModelError(f"llama.cpp could not quantize {src.name} to {quant}")
+    return dst
+
+
+def perplexity(path: Path, tokens: Sequence[int], threads: int | None = None) -> float:
+    """Perplexity of ``tokens`` (one window, no BOS added) under the GGUF at ``path``, via llama.cpp logits."""
+    import math
+
+    import numpy as np
+    from llama_cpp import Llama
+
+    with _plain_cpu_buffers() if _cpu_has_amx() else contextlib.nullcontext():
+        llama = Llama(model_path=str(path), n_ctx=max(64, len(tokens)), n_batch=max(64, len(tokens)),
+                      n_threads=threads or RuntimeConfig().n_threads, logits_all=True, verbose=False)  # fmt: skip
+    try:
+        llama.eval(list(tokens))
+        logits = np.asarray(llama.scores[: len(tokens) - 1], dtype=np.float64)
+    finally:
+        llama.close()
+    logits -= logits.max(axis=1, keepdims=True)
+    logprobs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    nll = -logprobs[np.arange(len(tokens) - 1), np.asarray(tokens[1:])].mean()
+    return math.exp(nll)
+
+
 def _cpu_has_amx() -> bool:
     try:
         return " amx_int8" in Path("/proc/cpuinfo").read_text()
