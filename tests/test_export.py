@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -113,3 +114,77 @@ def test_cli_export_json_and_errors(tuned: Path, tmp_path: Path, capsys: pytest.
     assert result["files"][0]["format"] == "gguf"
     assert main(["export", str(tmp_path / "nope")]) == 1
     assert "no run at" in capsys.readouterr().err
+
+
+def test_adapter_gguf_applies_on_the_base_in_llama_cpp(tuned: Path, tmp_path: Path) -> None:
+    import gguf
+
+    (record,) = export.run(tuned, format="adapter", output=tmp_path)["files"]
+    assert record["passed"] and record["gap"] <= export.ADAPTER_PARITY
+    reader = gguf.GGUFReader(record["path"])
+    assert reader.fields["general.type"].contents() == "adapter"
+    assert reader.fields["adapter.lora.alpha"].contents() == 8.0  # rank 4, alpha 2 x rank
+    names = {t.name for t in reader.tensors}
+    assert "blk.0.attn_q.weight.lora_a" in names and "blk.1.ffn_down.weight.lora_b" in names
+    # without the adapter the base is measurably different: the check is not trivially passed
+    tokens = export.parity_tokens(basemodel.load(record["base"]), runs.read_json(tuned / "config.json"))
+    plain = runtime.perplexity(Path(record["base"]), tokens, decode_tokens=1)["ppl"]
+    assert abs(plain - record["ppl_torch"]) / record["ppl_torch"] > export.ADAPTER_PARITY
+
+
+def test_adapter_on_base_matches_the_merged_gguf_next_token_distribution(tuned: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    result = export.run(tuned, format="all", quant="f16", output=tmp_path)
+    paths = {f["format"]: Path(f["path"]) for f in result["files"]}
+    config = runs.read_json(tuned / "config.json")
+    tokens = export.parity_tokens(basemodel.load(config["model"]), config)
+    merged = runtime.perplexity(paths["gguf"], tokens, decode_tokens=1)["logprobs"]
+    on_base = runtime.perplexity(Path(config["model"]), tokens, lora=paths["adapter"], decode_tokens=1)["logprobs"]
+    kl = float((np.exp(merged) * (merged - on_base)).sum(axis=1).mean())
+    assert kl < 1e-3, kl
+
+
+def test_gguf_round_trip_holds_the_merged_tensors(tuned: Path, tmp_path: Path) -> None:
+    import gguf
+
+    (record,) = export.run(tuned, format="gguf", quant="f16", output=tmp_path)["files"]
+    config = runs.read_json(tuned / "config.json")
+    merged = export.merge(basemodel.load(config["model"]), tuned / "adapter", torch.float32).state_dict()
+    tensors = {t.name: t for t in gguf.GGUFReader(record["path"]).tensors}
+    heads, kv = 4, 2  # the tiny model's attention layout
+    expect = {
+        "blk.1.ffn_down.weight": merged["model.layers.1.mlp.down_proj.weight"].numpy(),
+        "blk.0.attn_q.weight": export._permute(merged["model.layers.0.self_attn.q_proj.weight"].numpy(), heads, heads),
+        "blk.0.attn_k.weight": export._permute(merged["model.layers.0.self_attn.k_proj.weight"].numpy(), heads, kv),
+        "output_norm.weight": merged["model.norm.weight"].numpy(),
+    }
+    for name, want in expect.items():
+        got = np.asarray(tensors[name].data, dtype=np.float32).reshape(want.shape)
+        assert np.allclose(got, want, atol=2e-3), name
+    assert tensors["blk.0.attn_q.weight"].tensor_type == gguf.GGMLQuantizationType.F16
+    assert tensors["output_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+
+
+@pytest.mark.parametrize("stage", ["quantize", "hf"])
+def test_killing_an_export_midway_leaves_no_file_at_the_final_path(tuned: Path, tmp_path: Path, stage: str) -> None:
+    import subprocess
+    import sys
+
+    # The process SIGKILLs itself in the middle of writing: during quantization (the f16 GGUF is written) or
+    # while the HF folder is being filled.
+    code = f"""
+import os, signal, sys
+from nomoat import export, runtime, runs
+def die(*a, **k):
+    os.kill(os.getpid(), signal.SIGKILL)
+if {stage!r} == "quantize":
+    runtime.quantize = die
+else:
+    export.write_hf = lambda model, tok, folder: runs.replace_dir(folder, die)
+export.run(sys.argv[1], format="gguf" if {stage!r} == "quantize" else "hf", quant="q8_0", output=sys.argv[2])
+"""
+    done = subprocess.run([sys.executable, "-c", code, str(tuned), str(tmp_path)], capture_output=True, timeout=300)
+    assert done.returncode == -9
+    assert list(tmp_path.glob("*.partial"))  # it really died while writing
+    assert not [p for p in tmp_path.iterdir() if not p.name.endswith(".partial")]

@@ -200,6 +200,8 @@ def test_time_budget_plans_steps_and_stops_on_time(
     assert summary["seconds"] <= 120
     config = runs.read_json(tmp_path / "t" / "config.json")
     assert config["budget"]["time_s"] == 120
+    evals = [r["step"] for r in runs.read_metrics(tmp_path / "t") if "eval_loss" in r]
+    assert evals == sorted(set(evals)) and len(evals) <= TuneConfig().evals + 2  # re-plans do not add evals
 
 
 def test_a_failed_checkpoint_keeps_the_last_good_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -387,8 +387,8 @@ def _setup_tune(p: argparse.ArgumentParser) -> None:
 
 def _setup_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="a tune run: its folder, or its name under $NOMOAT_HOME/runs")
-    formats = ["gguf", "hf", "ollama", "all"]
-    help_text = "gguf (llama.cpp), hf (safetensors folder), ollama (gguf + Modelfile), all; default gguf"
+    formats = ["gguf", "adapter", "hf", "ollama", "all"]
+    help_text = "gguf (merged, llama.cpp), adapter (LoRA GGUF), hf (safetensors), ollama (+ Modelfile), all"
     p.add_argument("--format", default="gguf", choices=formats, help=help_text)
     p.add_argument("--quant", default="q8_0", choices=["f16", "q8_0", "q4_0", "q4_k_m"], help="GGUF type (q8_0)")
     p.add_argument("-o", "--output", metavar="DIR", help="where to write (default: RUN/export)")

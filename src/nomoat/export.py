@@ -4,6 +4,8 @@
 * ``gguf``: the merged model as a GGUF for llama.cpp/Ollama, written from the *base GGUF itself*: every
   metadata key (architecture, tokenizer, chat template, stop tokens) is copied, only the weights are replaced,
   so nothing a runtime needs can be lost on the way. Then requantized by llama.cpp (``--quant``).
+* ``adapter``: the LoRA alone as a GGUF adapter that llama.cpp applies on top of the base GGUF
+  (``--lora`` in llama.cpp, ``ADAPTER`` in an Ollama Modelfile).
 * ``ollama``: the GGUF plus ``<name>.Modelfile`` (FROM, TEMPLATE, PARAMETER stop):
   ``ollama create mymodel -f <name>.Modelfile``.
 
@@ -13,7 +15,6 @@ torch model on the same tokens. Outside the tolerance (2% for f16/q8_0) the file
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,9 @@ from nomoat import basemodel, runs, trainset
 from nomoat.errors import UserError
 from nomoat.paths import atomic_write
 
-FORMATS = ("gguf", "hf", "ollama", "all")
+FORMATS = ("gguf", "adapter", "hf", "ollama", "all")
 PARITY = {"f16": 0.02, "q8_0": 0.02, "q4_0": 0.15, "q4_k_m": 0.10}  # allowed relative perplexity gap
+ADAPTER_PARITY = 0.03  # base GGUF (as shipped) + adapter GGUF in llama.cpp vs the merged fp32 torch model
 PARITY_TOKENS = 512
 
 
@@ -51,8 +53,10 @@ def run(
     files: list[dict[str, Any]] = []
     if format in ("hf", "all"):
         files.append(write_hf(merged, base.tokenizer, out / f"{stem}-hf"))
+    tokens = parity_tokens(base, config) if format != "hf" else []
+    if format in ("adapter", "all"):
+        files.append(write_adapter_gguf(base, merged, run_dir / "adapter", out / f"{stem}.lora.gguf", tokens))
     if format in ("gguf", "ollama", "all"):
-        tokens = parity_tokens(base, config)
         gguf_file = write_gguf(base, merged, out / f"{stem}.{quant}.gguf", quant, run_dir.name, tokens)
         files.append(gguf_file)
         if format in ("ollama", "all"):
@@ -150,9 +154,7 @@ def _write_f16(base: basemodel.Base, model: Any, path: Path, run_id: str) -> Non
 
 def _gguf_weights(model: Any, arch: str) -> dict[str, Any]:
     """The merged weights under their GGUF names, q/k rows permuted back to llama.cpp's rotary layout."""
-    from transformers.modeling_gguf_pytorch_utils import TensorProcessor, get_gguf_hf_weights_map
-
-    names = {hf: gg for gg, hf in get_gguf_hf_weights_map(model, TensorProcessor()).items()}
+    names = _gguf_names(model)
     config = model.config
     heads, kv_heads = config.num_attention_heads, getattr(config, "num_key_value_heads", None)
     out = {}
@@ -169,12 +171,68 @@ def _gguf_weights(model: Any, arch: str) -> dict[str, Any]:
     return out
 
 
+def _gguf_names(model: Any) -> dict[str, str]:
+    """HF parameter name -> GGUF tensor name, from the same table transformers uses to read GGUFs."""
+    from transformers.modeling_gguf_pytorch_utils import TensorProcessor, get_gguf_hf_weights_map
+
+    return {hf: gg for gg, hf in get_gguf_hf_weights_map(model, TensorProcessor()).items()}
+
+
 def _permute(weights: Any, n_head: int, n_head_kv: int | None) -> Any:
     # The inverse of transformers' GGUF loader (and what llama.cpp's convert_hf_to_gguf.py does).
     if n_head_kv is not None and n_head != n_head_kv:
         n_head = n_head_kv
     shape = weights.shape
     return weights.reshape(n_head, 2, shape[0] // n_head // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
+
+
+def write_adapter_gguf(base: basemodel.Base, model: Any, adapter: Path, dest: Path, tokens: list[int]) -> dict:
+    """The PEFT adapter as a llama.cpp LoRA GGUF (what llama.cpp's convert_lora_to_gguf.py writes), checked by
+    perplexity of base GGUF + adapter under llama.cpp against the merged torch model."""
+    import gguf
+    from safetensors.torch import load_file
+
+    if base.ref.kind != "gguf":
+        raise UserError("adapter GGUF export needs a GGUF base model for now")
+    settings = runs.read_json(adapter / "adapter_config.json")
+    arch = str(gguf.GGUFReader(str(base.ref.path)).fields[gguf.Keys.General.ARCHITECTURE].contents())
+    names = _gguf_names(model)
+    heads, kv_heads = model.config.num_attention_heads, getattr(model.config, "num_key_value_heads", None)
+    partial = dest.with_name(dest.name + ".partial")
+    writer = gguf.GGUFWriter(str(partial), arch)
+    writer.add_string(gguf.Keys.General.TYPE, gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(settings["lora_alpha"]))
+    lora = load_file(str(adapter / "adapter_model.safetensors"))
+    for key, tensor in sorted(lora.items()):
+        if ".lora_A." not in key:
+            continue
+        hf_name = key.removeprefix("base_model.model.").replace(".lora_A.weight", ".weight")
+        gguf_name = names.get(hf_name)
+        if gguf_name is None:
+            raise UserError(f"cannot export the adapter: no GGUF tensor for {hf_name}")
+        lora_a = tensor.float().numpy()
+        lora_b = lora[key.replace("lora_A", "lora_B")].float().numpy()
+        if arch == "llama" and ".attn_q." in gguf_name:  # the delta is B @ A: its rows (B's) follow q/k's layout
+            lora_b = _permute(lora_b, heads, heads)
+        elif arch == "llama" and ".attn_k." in gguf_name:
+            lora_b = _permute(lora_b, heads, kv_heads)
+        writer.add_tensor(f"{gguf_name}.lora_a", lora_a)
+        writer.add_tensor(f"{gguf_name}.lora_b", lora_b)
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        report = parity(base.ref.path, model, tokens, "q8_0", lora=partial)
+        report["passed"] = report["gap"] <= ADAPTER_PARITY
+        if not report["passed"]:
+            raise UserError(f"the adapter GGUF failed its parity check ({report['gap']:.1%} perplexity gap)")
+        partial.replace(dest)
+    finally:
+        partial.unlink(missing_ok=True)
+    return {"format": "adapter", "path": str(dest), "base": str(base.ref.path), "bytes": dest.stat().st_size,
+            "sha256": basemodel.sha256_file(dest), **report}  # fmt: skip
 
 
 # -- parity ---------------------------------------------------------------------------------------
@@ -197,22 +255,22 @@ def parity_tokens(base: basemodel.Base, config: dict[str, Any]) -> list[int]:
     return tokens
 
 
-def parity(path: Path, model: Any, tokens: list[int], quant: str) -> dict[str, Any]:
+def parity(path: Path, model: Any, tokens: list[int], quant: str, lora: Path | None = None) -> dict[str, Any]:
+    """Perplexity of the same tokens under llama.cpp (the exported file) and the merged torch model."""
     import math
 
     import torch
 
     from nomoat import runtime
 
-    t = time.perf_counter()
-    ppl_gguf = runtime.perplexity(path, tokens)
-    seconds = time.perf_counter() - t
+    measured = runtime.perplexity(path, tokens, lora=lora)
     with torch.no_grad():
         ids = torch.tensor([tokens])
         ppl_torch = math.exp(float(model(input_ids=ids, labels=ids).loss))
-    gap = abs(ppl_gguf - ppl_torch) / ppl_torch
-    return {"ppl_gguf": round(ppl_gguf, 4), "ppl_torch": round(ppl_torch, 4), "gap": round(gap, 5),
-            "passed": gap <= PARITY[quant], "prefill_tok_s": round(len(tokens) / seconds, 1)}  # fmt: skip
+    gap = abs(measured["ppl"] - ppl_torch) / ppl_torch
+    return {"ppl_gguf": round(measured["ppl"], 4), "ppl_torch": round(ppl_torch, 4), "gap": round(gap, 5),
+            "passed": gap <= PARITY[quant], "prefill_tok_s": round(measured["prefill_tok_s"], 1),
+            "decode_tok_s": round(measured["decode_tok_s"], 1)}  # fmt: skip
 
 
 # -- Ollama ----------------------------------------------------------------------------------------
@@ -235,8 +293,10 @@ def format_export(result: dict[str, Any]) -> str:
     lines = [f"run: {result['run']}"]
     for f in result["files"]:
         extra = ""
-        if f["format"] == "gguf":
-            extra = f" ({f['quant']}, perplexity {f['ppl_gguf']:.3f} vs torch {f['ppl_torch']:.3f}: parity ok)"
+        if f["format"] in ("gguf", "adapter"):
+            kind = f.get("quant", "LoRA on the base GGUF")
+            extra = (f" ({kind}: perplexity {f['ppl_gguf']:.3f} vs torch {f['ppl_torch']:.3f}, parity ok; "
+                     f"decode {f['decode_tok_s']:.0f} tok/s)")  # fmt: skip
         lines.append(f"{f['format']}: {f['path']} [{f['bytes'] / 2**20:.1f} MiB]{extra}")
     return "\n".join(lines)
 

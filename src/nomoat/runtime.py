@@ -324,25 +324,38 @@ def quantize(src: Path, dst: Path, quant: str, threads: int | None = None) -> Pa
     return dst
 
 
-def perplexity(path: Path, tokens: Sequence[int], threads: int | None = None) -> float:
-    """Perplexity of ``tokens`` (one window, no BOS added) under the GGUF at ``path``, via llama.cpp logits."""
+def perplexity(path: Path, tokens: Sequence[int], *, lora: Path | None = None, decode_tokens: int = 32,
+               threads: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """Perplexity of ``tokens`` (one window) under the GGUF at ``path`` (plus a LoRA adapter GGUF), via
+    llama.cpp's logits; also prefill and single-token decode speed, and the next-token log-probabilities
+    (``logprobs``, one row per position but the last) for distribution comparisons."""
     import math
+    import time
 
     import numpy as np
     from llama_cpp import Llama
 
+    size = len(tokens) + decode_tokens
     with _plain_cpu_buffers() if _cpu_has_amx() else contextlib.nullcontext():
-        llama = Llama(model_path=str(path), n_ctx=max(64, len(tokens)), n_batch=max(64, len(tokens)),
-                      n_threads=threads or RuntimeConfig().n_threads, logits_all=True, verbose=False)  # fmt: skip
+        llama = Llama(model_path=str(path), lora_path=str(lora) if lora else None, n_ctx=max(64, size),
+                      n_batch=max(64, len(tokens)), n_threads=threads or RuntimeConfig().n_threads,
+                      logits_all=True, verbose=False)  # fmt: skip
     try:
+        start = time.perf_counter()
         llama.eval(list(tokens))
+        prefill = time.perf_counter() - start
         logits = np.asarray(llama.scores[: len(tokens) - 1], dtype=np.float64)
+        start = time.perf_counter()
+        for token in tokens[:decode_tokens]:  # one token per call, as in generation
+            llama.eval([token])
+        decode = time.perf_counter() - start
     finally:
         llama.close()
     logits -= logits.max(axis=1, keepdims=True)
     logprobs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
     nll = -logprobs[np.arange(len(tokens) - 1), np.asarray(tokens[1:])].mean()
-    return math.exp(nll)
+    return {"ppl": math.exp(nll), "prefill_tok_s": len(tokens) / prefill,
+            "decode_tok_s": decode_tokens / max(decode, 1e-9), "logprobs": logprobs}  # fmt: skip
 
 
 def _cpu_has_amx() -> bool:

@@ -241,6 +241,7 @@ class _Session:
                     record["eval_loss"] = st["eval_loss"] = self._evaluate()
                     if self._time_left() is not None:  # re-plan with every measurement so far
                         st["planned_steps"] = bar.total = self._plan(timed)
+                    st["next_eval"] = st["step"] + self._eval_every()
                 self._record(record)
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tok_s']:.0f}", eval=st["eval_loss"])
@@ -325,12 +326,16 @@ class _Session:
         planned = training.plan_steps(self.state["step"], left, self._step_cost(timed))
         return int(training._all_reduce(max(planned, self.state["step"] + 1), self.dist, "min"))
 
+    def _eval_every(self) -> int:
+        return max(1, (self.state["planned_steps"] or 1) // max(1, self.config.evals))
+
     def _eval_due(self) -> bool:
-        planned = self.state["planned_steps"]
-        if not self.evals or planned is None:
+        # The next eval is fixed when the previous one ends, so a re-plan moves later evals, not earlier ones.
+        st = self.state
+        if not self.evals or st["planned_steps"] is None:
             return False
-        every = max(1, planned // max(1, self.config.evals))
-        return self.state["step"] % every == 0 or self.state["step"] >= planned
+        st.setdefault("next_eval", st["step"] - 1 + self._eval_every())
+        return st["step"] >= st["next_eval"] or st["step"] >= st["planned_steps"]
 
     def _agree(self, stop: bool, save: bool) -> tuple[bool, bool]:
         from nomoat import training

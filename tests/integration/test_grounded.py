@@ -107,7 +107,7 @@ def test_data_build_with_the_bundled_model_writes_scrubbed_rows_and_a_card(home:
     assert stats.returncode == 0 and json.loads(stats.stdout)["rows"] == summary["train"]
 
 
-def test_tune_the_bundled_model_on_a_built_dataset(home: Path, tmp_path: Path) -> None:
+def test_tune_then_export_the_bundled_model(home: Path, tmp_path: Path) -> None:
     data = tmp_path / "data.jsonl"
     built = _nomoat(home, "data", "build", "-o", str(data), "--no-model", "--eval-fraction", "0.3", "--json")
     assert built.returncode == 0, built.stderr
@@ -127,3 +127,14 @@ def test_tune_the_bundled_model_on_a_built_dataset(home: Path, tmp_path: Path) -
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["base_model"]["sha256"] == sha256_file(bundled_path())
     assert (run / "adapter" / "adapter_model.safetensors").stat().st_size > 1_000_000  # rank 16 on 30 layers
+
+    # export: every format, parity-checked; the tuned model then chats through llama.cpp with its template
+    exported = _nomoat(home, "export", str(run), "--format", "all", "--quant", "q8_0", "--json")
+    assert exported.returncode == 0, exported.stderr
+    files = {f["format"]: f for f in json.loads(exported.stdout)["files"]}
+    assert set(files) == {"adapter", "hf", "gguf", "ollama"}
+    assert files["gguf"]["passed"] and files["gguf"]["gap"] <= 0.02 and files["adapter"]["passed"]
+    chat = _nomoat(home, "chat", "--model", str(run), "--no-kb", "--once", "What is git?", "--json")
+    assert chat.returncode == 0, chat.stderr
+    answer = json.loads(chat.stdout)["answer"]
+    assert answer.strip() and "<|im_end|>" not in answer and "<|im_start|>" not in answer
