@@ -182,6 +182,11 @@ def test_resume_refuses_a_new_plan_or_a_finished_run(dataset: Path, tiny_gguf: P
         tune.run(resume=tmp_path / "r", progress=False)
     with pytest.raises(UserError, match="already holds a run"):
         quick(dataset, tiny_gguf, tmp_path / "r")
+    stopped = quick(dataset, tiny_gguf, tmp_path / "s", steps=4, on_step=lambda record: record["step"] == 1)
+    assert stopped["status"] == "stopped"
+    dataset.rename(dataset.with_suffix(".moved"))
+    with pytest.raises(UserError, match="is gone"):
+        tune.run(resume=tmp_path / "s", progress=False)
 
 
 def test_time_budget_plans_steps_and_stops_on_time(

@@ -176,12 +176,16 @@ class _Session:
         base = basemodel.load(settings["model"])
         if resuming and base.sha256 != settings["base"]["sha256"]:
             raise UserError(f"the base model changed since this run started ({settings['model']}); start a new run")
+        if resuming and not Path(settings["data"]).is_file():
+            raise UserError(f"this run's dataset {settings['data']} is gone; put it back to resume")
         if resuming and basemodel.sha256_file(Path(settings["data"])) != settings["data_sha256"]:
             raise UserError(f"{settings['data']} changed since this run started; start a new run to train on it")
         encoder = trainset.ChatEncoder(base.tokenizer, base.chat_template)
         max_length = min(config.max_length, base.context_length or config.max_length)
         train = trainset.load(settings["data"], encoder, max_length, skip_invalid)
         evals = _eval_rows(settings, encoder, max_length, config)
+        if not evals and dist.main and not resuming:
+            print("nomoat: no eval rows (DATA.eval.jsonl or --eval FILE): eval loss is not measured", file=sys.stderr)
         bf16 = training.use_bf16(config.precision, dist.device)
         model = training.add_lora(base.load_weights(torch.float32), config, bf16).to(dist.device)
         params = training.trainable(model)
