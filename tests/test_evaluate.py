@@ -49,3 +49,50 @@ def test_bootstrap_interval_is_seeded_and_brackets_the_mean() -> None:
 def test_leaked_questions_are_those_from_training_documents() -> None:
     questions = [{"source": "a.md"}, {"source": "b.md"}, {"question": "no source"}]
     assert evaluate.leaked(questions, {"b.md", "c.md"}) == [1]
+
+
+QUESTIONS = [
+    {"question": "Capital of France?", "answer": "Paris", "source": "geo.md"},
+    {"question": "Deploy time?", "answer": "7 minutes", "source": "ops.md"},
+]
+KNOWN = {"Capital of France?": "Paris", "Deploy time?": "about 7 minutes"}
+
+
+def test_score_gives_the_expected_table_for_known_answers() -> None:
+    oracle = lambda q: KNOWN.get(q, "I don't know.")  # noqa: E731
+    wrong = lambda q: "Lyon" if "France" in q else "an hour"  # noqa: E731
+    result = evaluate.score(QUESTIONS, {"oracle": oracle, "wrong": wrong}, unanswerable=["Who?", "What?"])
+    oracle_row, wrong_row = result["table"]["oracle"], result["table"]["wrong"]
+    assert oracle_row["f1"][0] == pytest.approx((1.0 + 0.8) / 2)  # "about 7 minutes": precision 2/3, recall 1
+    assert oracle_row["contains"][0] == 1.0 and wrong_row["contains"][0] == 0.0
+    assert oracle_row["abstain_unanswerable"][0] == 1.0 and wrong_row["abstain_unanswerable"][0] == 0.0
+    assert wrong_row["f1"][0] == 0.0 and oracle_row["abstain_answerable"] == 0.0
+    assert [d["question"] for d in result["disagreements"]] == ["Capital of France?", "Deploy time?"]
+    again = evaluate.score(QUESTIONS, {"oracle": oracle, "wrong": wrong}, unanswerable=["Who?", "What?"])
+    assert again["table"]["oracle"]["f1"] == oracle_row["f1"]
+    table = evaluate.format_table(result)
+    assert "oracle" in table and "0.90" in table
+
+
+def test_questions_come_from_the_eval_split_and_training_sources_are_known(tmp_path) -> None:
+    import json
+
+    def row(q: str, a: str, source: str) -> str:
+        messages = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        return json.dumps({"messages": messages, "meta": {"source": source}}) + "\n"
+
+    (tmp_path / "train.jsonl").write_text(row("q1", "a1", "a.md") + row("q2", "a2", "b.md"))
+    (tmp_path / "eval.jsonl").write_text(row("q3", "a3", "c.md") + row("q4", "a4", "b.md"))
+    config = {"data": str(tmp_path / "train.jsonl"), "eval_data": str(tmp_path / "eval.jsonl")}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    questions, sources = evaluate.questions_from_run(tmp_path)
+    assert [q["question"] for q in questions] == ["q3", "q4"] and sources == {"a.md", "b.md"}
+    assert evaluate.leaked(questions, sources) == [1]  # q4 comes from a training document: flagged
+
+
+def test_cli_eval_errors_are_one_line(tmp_path, capsys) -> None:
+    from nomoat.cli import main
+
+    assert main(["eval", str(tmp_path / "nope")]) == 1
+    assert "no run at" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path), "--limit", "0"]) == 1

@@ -211,6 +211,15 @@ def cmd_export(args: argparse.Namespace) -> None:
     _emit(args, result, export.format_export)
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    from nomoat import evaluate
+
+    if args.limit < 1:
+        raise UserError("--limit must be at least 1")
+    result = evaluate.run(args.run, kb=None if args.no_kb else args.kb, limit=args.limit, seed=args.seed)
+    _emit(args, result, evaluate.format_table)
+
+
 def cmd_models(args: argparse.Namespace) -> None:
     from nomoat import models
 
@@ -395,6 +404,15 @@ def _setup_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable result")
 
 
+def _setup_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="a tune run with a GGUF export (nomoat export RUN)")
+    p.add_argument("--kb", default="default", help="knowledge base for the +RAG rows (default: default)")
+    p.add_argument("--no-kb", action="store_true", help="compare base and tuned only, without retrieval")
+    p.add_argument("--limit", type=int, default=30, help="held-out questions to ask (default 30)")
+    p.add_argument("--seed", type=int, default=0, help="which questions, and the bootstrap (default 0)")
+    p.add_argument("--json", action="store_true", help="the table, intervals and disagreements as JSON")
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {
     "chat": ("chat with a model, interactively or --once", _setup_chat, cmd_chat),
     "models": ("list the models you can run (size, architecture, context, quantization)", _setup_models, cmd_models),
@@ -404,6 +422,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "data": ("build a grounded instruction dataset from a KB; import or describe datasets", _setup_data, cmd_data),
     "tune": ("fine-tune a LoRA adapter on a chat dataset, within a time budget, resumable", _setup_tune, cmd_tune),
     "export": ("merge a run's adapter and export GGUF / HF / Ollama files, parity-checked", _setup_export, cmd_export),
+    "eval": ("compare base, tuned, base+RAG and tuned+RAG on held-out questions", _setup_eval, cmd_eval),
     "kb": ("list, describe or remove knowledge bases", _setup_kb, cmd_kb),
 }
 

@@ -1,7 +1,8 @@
-"""Evaluation metrics for ``nomoat eval`` (issue 8): answer correctness, abstention, confidence intervals.
+"""``nomoat eval RUN``: base vs tuned vs base+RAG vs tuned+RAG on the run's held-out questions.
 
-Pure functions over strings and numbers, so the report's numbers can be checked exactly with known answers.
-The four-configuration runner (base / tuned / base+RAG / tuned+RAG) and the HTML report build on these.
+The metrics are pure functions over strings and numbers, so the table can be checked exactly with known
+answers; :func:`score` runs any set of configurations (callables question -> answer), :func:`run` builds the
+four real ones from the run's base GGUF and its newest export. (An HTML report with plots is still to come.)
 
 * :func:`token_f1`: SQuAD-style token F1 after normalisation (lower case, punctuation and articles removed).
 * :func:`contains`: the reference's normalised text occurs in the answer (a short fact stated verbatim).
@@ -15,9 +16,13 @@ from __future__ import annotations
 import random
 import re
 import string
+import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
+
+from nomoat.errors import UserError
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
@@ -72,3 +77,141 @@ def bootstrap_ci(values: Sequence[float], *, level: float = 0.95, samples: int =
 def leaked(questions: Iterable[dict[str, Any]], training_sources: set[str]) -> list[int]:
     """Indices of questions whose ``source`` document is also a source of training rows."""
     return [i for i, q in enumerate(questions) if q.get("source") and q["source"] in training_sources]
+
+
+# -- the four configurations ------------------------------------------------------------------------
+Answerer = Callable[[str], str]
+
+# Questions no personal knowledge base should answer: abstention is measured on these (the RAG rows should
+# decline them; plain models usually invent something).
+UNANSWERABLE = (
+    "What was the exact attendance at the 1923 FA Cup final?",
+    "What is the phone number of the mayor of Tromsø?",
+    "How many calories are in a banana?",
+    "Who won the 1987 Tour de France?",
+    "What is the boiling point of ethanol in Kelvin?",
+    "What is the airspeed velocity of an unladen swallow?",
+)
+
+
+def questions_from_run(run_dir: Path) -> tuple[list[dict[str, Any]], set[str]]:
+    """The run's held-out rows as ``{"question", "answer", "source"}`` and the set of its training sources."""
+    from nomoat import runs
+    from nomoat.datasets import read_rows
+
+    config = runs.read_json(run_dir / "config.json")
+    if not config.get("eval_data"):
+        raise UserError(f"run {run_dir.name} has no eval split: give --questions FILE.jsonl")
+    questions = [_question(row) for _, row, _ in read_rows(config["eval_data"]) if row is not None]
+    sources = {str((row.get("meta") or {}).get("source")) for _, row, _ in read_rows(config["data"]) if row}
+    return questions, sources - {"None"}
+
+
+def _question(row: dict[str, Any]) -> dict[str, Any]:
+    messages = row["messages"]
+    return {"question": messages[-2]["content"], "answer": messages[-1]["content"],
+            "source": (row.get("meta") or {}).get("source")}  # fmt: skip
+
+
+def score(
+    questions: Sequence[dict[str, Any]],
+    answerers: dict[str, Answerer],
+    unanswerable: Sequence[str] = UNANSWERABLE,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Ask every configuration every question (and the unanswerable ones); metrics with bootstrap intervals."""
+    table: dict[str, Any] = {}
+    answers: dict[str, list[str]] = {}
+    for name, answer in answerers.items():
+        got, seconds = [], []
+        for q in questions:
+            start = time.perf_counter()
+            got.append(answer(q["question"]))
+            seconds.append(time.perf_counter() - start)
+        declined = [float(abstained(answer(u))) for u in unanswerable]
+        table[name] = {
+            "f1": bootstrap_ci([token_f1(a, q["answer"]) for a, q in zip(got, questions, strict=True)], seed=seed),
+            "contains": bootstrap_ci(
+                [float(contains(a, q["answer"])) for a, q in zip(got, questions, strict=True)], seed=seed
+            ),
+            "abstain_unanswerable": bootstrap_ci(declined, seed=seed),
+            "abstain_answerable": sum(map(abstained, got)) / max(1, len(got)),
+            "seconds_p50": sorted(seconds)[len(seconds) // 2] if seconds else None,
+        }
+        answers[name] = got
+    return {"questions": len(questions), "unanswerable": len(unanswerable), "table": table,
+            "disagreements": _disagreements(questions, answers)}  # fmt: skip
+
+
+def _disagreements(questions: Sequence[dict[str, Any]], answers: dict[str, list[str]], most: int = 5) -> list:
+    """Questions where the configurations' F1 differ most: the examples worth reading."""
+    rows = []
+    for i, q in enumerate(questions):
+        f1s = {name: token_f1(got[i], q["answer"]) for name, got in answers.items()}
+        rows.append((max(f1s.values()) - min(f1s.values()), i, f1s))
+    rows.sort(key=lambda r: (-r[0], r[1]))
+    return [{**questions[i], "answers": {n: answers[n][i] for n in answers}, "f1": f1s}
+            for spread, i, f1s in rows[:most] if spread > 0]  # fmt: skip
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The terminal table: one row per configuration, means with 95 % intervals."""
+
+    def cell(ci: tuple) -> str:
+        mean, low, high = ci
+        return f"{mean:.2f} [{low:.2f}-{high:.2f}]"
+
+    head = f"{'configuration':14s} {'token F1':>18s} {'contains answer':>18s} {'abstains (unans.)':>18s} {'p50 s':>6s}"
+    left_out = f"; {result['leaked']} from training documents left out" if result.get("leaked") else ""
+    lines = [f"{result['questions']} held-out questions, {result['unanswerable']} unanswerable{left_out}", head]
+    for name, row in result["table"].items():
+        p50 = row["seconds_p50"]
+        lines.append(
+            f"{name:14s} {cell(row['f1']):>18s} {cell(row['contains']):>18s} "
+            f"{cell(row['abstain_unanswerable']):>18s} {p50 if p50 is None else round(p50, 2):>6}"
+        )
+    return "\n".join(lines)
+
+
+def answerers(base: Any, tuned: Any, kb: str | None, gen: Any) -> dict[str, Answerer]:
+    """The four configurations over two loaded models: plain chat, and ``nomoat ask`` on ``kb`` when given."""
+    from nomoat import rag
+
+    def plain(model: Any) -> Answerer:
+        return lambda q: model.chat([{"role": "user", "content": q}], gen).text().strip()
+
+    def grounded(model: Any) -> Answerer:
+        return lambda q: rag.ask(q, kb, model=model, gen=gen)["answer"]
+
+    configs = {"base": plain(base), "tuned": plain(tuned)}
+    if kb is not None:
+        configs |= {"base+RAG": grounded(base), "tuned+RAG": grounded(tuned)}
+    return configs
+
+
+def run(run: str | Path, *, kb: str | None = "default", limit: int = 30, seed: int = 0) -> dict[str, Any]:
+    """``nomoat eval RUN``: base vs tuned (its newest GGUF export) vs each with retrieval, on held-out questions.
+
+    Questions from training documents are left out and counted (``leaked``), so a tuned model is never scored on
+    what it was trained on."""
+    from nomoat import models, runs, runtime, store
+    from nomoat.config import GenerationConfig
+
+    run_dir = runs.find_run(run)
+    config = runs.read_json(run_dir / "config.json")
+    questions, training_sources = questions_from_run(run_dir)
+    flagged = leaked(questions, training_sources)
+    questions = [q for i, q in enumerate(questions) if i not in set(flagged)]
+    random.Random(seed).shuffle(questions)
+    questions = questions[:limit]
+    if not questions:
+        raise UserError(f"run {run_dir.name} has no held-out questions left to ask")
+    if kb is not None and kb not in {k["name"] for k in store.list_kbs()}:
+        raise UserError(f"knowledge base {kb!r} not found (give --kb NAME, or --no-kb to compare models only)")
+    greedy = GenerationConfig(temperature=0.0, max_tokens=96, seed=seed)
+    base, tuned = runtime.load(config["model"]), runtime.load(models.resolve(run_dir))
+    result = score(questions, answerers(base, tuned, kb, greedy), seed=seed)
+    result |= {"run": str(run_dir), "kb": kb, "leaked": len(flagged), "seed": seed}
+    runs.write_json(run_dir / "eval.json", result)
+    runs.update_manifest(run_dir, eval={"path": str(run_dir / "eval.json")})
+    return result
