@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nomoat import evaluate, rag
+from nomoat.errors import UserError
 
 
 def test_normalize_drops_case_punctuation_and_articles() -> None:
@@ -96,3 +97,18 @@ def test_cli_eval_errors_are_one_line(tmp_path, capsys) -> None:
     assert main(["eval", str(tmp_path / "nope")]) == 1
     assert "no run at" in capsys.readouterr().err
     assert main(["eval", str(tmp_path), "--limit", "0"]) == 1
+
+
+def test_a_question_file_is_read_and_bad_lines_are_named(tmp_path) -> None:
+    good = tmp_path / "q.jsonl"
+    good.write_text(
+        '{"question": "Capital?", "answer": "Paris", "source": "geo.md"}\n\n{"question": "x", "answer": "y"}\n'
+    )
+    assert evaluate.read_questions(good) == [
+        {"question": "Capital?", "answer": "Paris", "source": "geo.md"},
+        {"question": "x", "answer": "y", "source": None},
+    ]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "ok", "answer": "fine"}\nnot json\n{"question": "no answer"}\n')
+    with pytest.raises(UserError, match="lines 2, 3"):
+        evaluate.read_questions(bad)

@@ -216,7 +216,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     if args.limit < 1:
         raise UserError("--limit must be at least 1")
-    result = evaluate.run(args.run, kb=None if args.no_kb else args.kb, limit=args.limit, seed=args.seed)
+    kb = None if args.no_kb else args.kb
+    result = evaluate.run(
+        args.run, kb=kb, questions=args.questions, limit=args.limit, seed=args.seed, progress=not args.json
+    )
     _emit(args, result, evaluate.format_table)
 
 
@@ -408,6 +411,7 @@ def _setup_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="a tune run with a GGUF export (nomoat export RUN)")
     p.add_argument("--kb", default="default", help="knowledge base for the +RAG rows (default: default)")
     p.add_argument("--no-kb", action="store_true", help="compare base and tuned only, without retrieval")
+    p.add_argument("--questions", metavar="FILE", help='your own JSONL of {"question", "answer"[, "source"]}')
     p.add_argument("--limit", type=int, default=30, help="held-out questions to ask (default 30)")
     p.add_argument("--seed", type=int, default=0, help="which questions, and the bootstrap (default 0)")
     p.add_argument("--json", action="store_true", help="the table, intervals and disagreements as JSON")

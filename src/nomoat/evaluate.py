@@ -94,17 +94,46 @@ UNANSWERABLE = (
 )
 
 
-def questions_from_run(run_dir: Path) -> tuple[list[dict[str, Any]], set[str]]:
+def questions_from_run(run_dir: Path, require_eval: bool = True) -> tuple[list[dict[str, Any]], set[str]]:
     """The run's held-out rows as ``{"question", "answer", "source"}`` and the set of its training sources."""
     from nomoat import runs
     from nomoat.datasets import read_rows
 
     config = runs.read_json(run_dir / "config.json")
-    if not config.get("eval_data"):
+    if not config.get("eval_data") and require_eval:
         raise UserError(f"run {run_dir.name} has no eval split: give --questions FILE.jsonl")
-    questions = [_question(row) for _, row, _ in read_rows(config["eval_data"]) if row is not None]
+    eval_rows = read_rows(config["eval_data"]) if config.get("eval_data") else []
+    questions = [_question(row) for _, row, _ in eval_rows if row is not None]
     sources = {str((row.get("meta") or {}).get("source")) for _, row, _ in read_rows(config["data"]) if row}
     return questions, sources - {"None"}
+
+
+def read_questions(path: str | Path) -> list[dict[str, Any]]:
+    """A user's question file: JSONL of ``{"question", "answer"[, "source"]}``; bad lines named by number."""
+    import json
+
+    try:
+        lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read questions {path}: {exc}") from None
+    questions, bad = [], []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            ok = isinstance(item, dict) and all(
+                isinstance(item.get(k), str) and item[k] for k in ("question", "answer")
+            )
+        except ValueError:
+            ok = False
+        if ok:
+            questions.append({"question": item["question"], "answer": item["answer"], "source": item.get("source")})
+        else:
+            bad.append(n)
+    if bad:
+        raise UserError(f'{path}: lines {", ".join(map(str, bad[:5]))} are not {{"question", "answer"}} objects')
+    return questions
 
 
 def _question(row: dict[str, Any]) -> dict[str, Any]:
@@ -118,17 +147,27 @@ def score(
     answerers: dict[str, Answerer],
     unanswerable: Sequence[str] = UNANSWERABLE,
     seed: int = 0,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Ask every configuration every question (and the unanswerable ones); metrics with bootstrap intervals."""
+    from tqdm import tqdm
+
     table: dict[str, Any] = {}
     answers: dict[str, list[str]] = {}
+    bar = tqdm(total=len(answerers) * (len(questions) + len(unanswerable)), unit="answer", desc="eval",
+               disable=not progress, dynamic_ncols=True)  # fmt: skip
     for name, answer in answerers.items():
+        bar.set_postfix(configuration=name)
         got, seconds = [], []
         for q in questions:
             start = time.perf_counter()
             got.append(answer(q["question"]))
             seconds.append(time.perf_counter() - start)
-        declined = [float(abstained(answer(u))) for u in unanswerable]
+            bar.update(1)
+        declined = []
+        for u in unanswerable:
+            declined.append(float(abstained(answer(u))))
+            bar.update(1)
         table[name] = {
             "f1": bootstrap_ci([token_f1(a, q["answer"]) for a, q in zip(got, questions, strict=True)], seed=seed),
             "contains": bootstrap_ci(
@@ -139,6 +178,7 @@ def score(
             "seconds_p50": sorted(seconds)[len(seconds) // 2] if seconds else None,
         }
         answers[name] = got
+    bar.close()
     return {"questions": len(questions), "unanswerable": len(unanswerable), "table": table,
             "disagreements": _disagreements(questions, answers)}  # fmt: skip
 
@@ -163,7 +203,7 @@ def format_table(result: dict[str, Any]) -> str:
 
     head = f"{'configuration':14s} {'token F1':>18s} {'contains answer':>18s} {'abstains (unans.)':>18s} {'p50 s':>6s}"
     left_out = f"; {result['leaked']} from training documents left out" if result.get("leaked") else ""
-    lines = [f"{result['questions']} held-out questions, {result['unanswerable']} unanswerable{left_out}", head]
+    lines = [f"{result['questions']} questions, {result['unanswerable']} unanswerable{left_out}", head]
     for name, row in result["table"].items():
         p50 = row["seconds_p50"]
         lines.append(
@@ -189,8 +229,17 @@ def answerers(base: Any, tuned: Any, kb: str | None, gen: Any) -> dict[str, Answ
     return configs
 
 
-def run(run: str | Path, *, kb: str | None = "default", limit: int = 30, seed: int = 0) -> dict[str, Any]:
-    """``nomoat eval RUN``: base vs tuned (its newest GGUF export) vs each with retrieval, on held-out questions.
+def run(
+    run: str | Path,
+    *,
+    kb: str | None = "default",
+    questions: str | Path | None = None,
+    limit: int = 30,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """``nomoat eval RUN``: base vs tuned (its newest GGUF export) vs each with retrieval, on held-out questions
+    (the run's eval split, or ``questions``: a JSONL file of ``{"question", "answer"[, "source"]}``).
 
     Questions from training documents are left out and counted (``leaked``), so a tuned model is never scored on
     what it was trained on."""
@@ -199,18 +248,19 @@ def run(run: str | Path, *, kb: str | None = "default", limit: int = 30, seed: i
 
     run_dir = runs.find_run(run)
     config = runs.read_json(run_dir / "config.json")
-    questions, training_sources = questions_from_run(run_dir)
-    flagged = leaked(questions, training_sources)
-    questions = [q for i, q in enumerate(questions) if i not in set(flagged)]
-    random.Random(seed).shuffle(questions)
-    questions = questions[:limit]
-    if not questions:
+    held_out, training_sources = questions_from_run(run_dir, require_eval=questions is None)
+    asked = read_questions(questions) if questions is not None else held_out
+    flagged = set(leaked(asked, training_sources))
+    asked = [q for i, q in enumerate(asked) if i not in flagged]
+    random.Random(seed).shuffle(asked)
+    asked = asked[:limit]
+    if not asked:
         raise UserError(f"run {run_dir.name} has no held-out questions left to ask")
     if kb is not None and kb not in {k["name"] for k in store.list_kbs()}:
         raise UserError(f"knowledge base {kb!r} not found (give --kb NAME, or --no-kb to compare models only)")
     greedy = GenerationConfig(temperature=0.0, max_tokens=96, seed=seed)
     base, tuned = runtime.load(config["model"]), runtime.load(models.resolve(run_dir))
-    result = score(questions, answerers(base, tuned, kb, greedy), seed=seed)
+    result = score(asked, answerers(base, tuned, kb, greedy), seed=seed, progress=progress)
     result |= {"run": str(run_dir), "kb": kb, "leaked": len(flagged), "seed": seed}
     runs.write_json(run_dir / "eval.json", result)
     runs.update_manifest(run_dir, eval={"path": str(run_dir / "eval.json")})
