@@ -20,6 +20,7 @@ bench/.cache; see bench/corpus.py).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import random
@@ -160,7 +161,7 @@ def ablation(data: Path, args: argparse.Namespace, batches: int = 8) -> None:
     ]
     baseline = None
     for name, bf16, selected, grouped_batches in variants:
-        model = training.add_lora(copy_model(weights), config, bf16)
+        model = training.add_lora(copy.deepcopy(weights), config, bf16)
         params = [p for _, p in training.trainable(model)]
         optimizer = torch.optim.AdamW(params, lr=1e-4)
         selective = training.CausalLoss(model)
@@ -169,7 +170,7 @@ def ablation(data: Path, args: argparse.Namespace, batches: int = 8) -> None:
         for i, batch in enumerate([chosen[0], *chosen]):  # the first is a warm-up, not timed
             ids, labels = trainset.collate(batch)
             t = time.perf_counter()
-            with training._autocast("cpu", bf16):
+            with training.autocast("cpu", bf16):
                 loss = selective(ids, labels) if selected else model(input_ids=ids, labels=labels).loss
             loss.backward()
             optimizer.step()
@@ -180,12 +181,6 @@ def ablation(data: Path, args: argparse.Namespace, batches: int = 8) -> None:
         rate = tokens / seconds
         baseline = baseline or rate
         print(f"{name:60s} {rate:7.0f} tok/s  {rate / baseline:5.2f}x", flush=True)
-
-
-def copy_model(model: object) -> object:
-    import copy
-
-    return copy.deepcopy(model)
 
 
 def main() -> None:

@@ -281,7 +281,7 @@ def _check_messages(messages: Sequence[Message]) -> None:
             raise UserError(f"message {i} must be {{'role': system|user|assistant, 'content': str}}")
 
 
-def _load_llama(path: Path, config: RuntimeConfig, n_ctx: int) -> Any:
+def _load_llama(path: Path, config: RuntimeConfig, n_ctx: int, **options: Any) -> Any:
     try:
         from llama_cpp import Llama
     except ImportError as exc:  # pragma: no cover - install problem
@@ -296,6 +296,7 @@ def _load_llama(path: Path, config: RuntimeConfig, n_ctx: int) -> Any:
                 n_threads_batch=config.n_threads,
                 seed=config.seed,
                 verbose=False,
+                **options,
             )
     except Exception as exc:  # any loader failure (ValueError, jinja2 errors in extra templates) is the file's
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -333,13 +334,11 @@ def perplexity(path: Path, tokens: Sequence[int], *, lora: Path | None = None, d
     import time
 
     import numpy as np
-    from llama_cpp import Llama
 
-    size = len(tokens) + decode_tokens
-    with _plain_cpu_buffers() if _cpu_has_amx() else contextlib.nullcontext():
-        llama = Llama(model_path=str(path), lora_path=str(lora) if lora else None, n_ctx=max(64, size),
-                      n_batch=max(64, len(tokens)), n_threads=threads or RuntimeConfig().n_threads,
-                      logits_all=True, verbose=False)  # fmt: skip
+    config = RuntimeConfig(n_batch=max(64, len(tokens)))
+    config.n_threads = threads or config.n_threads
+    lora_path = str(lora) if lora else None
+    llama = _load_llama(path, config, max(64, len(tokens) + decode_tokens), logits_all=True, lora_path=lora_path)
     try:
         start = time.perf_counter()
         llama.eval(list(tokens))

@@ -57,7 +57,7 @@ def setup_dist() -> Dist:
     return Dist(int(os.environ.get("RANK", "0")), world, local, device)
 
 
-def _all_reduce(value: float, dist: Dist, op: str = "sum") -> float:
+def all_reduce(value: float, dist: Dist, op: str = "sum") -> float:
     if dist.world == 1:
         return value
     t = torch.tensor([value], dtype=torch.float64)
@@ -67,7 +67,16 @@ def _all_reduce(value: float, dist: Dist, op: str = "sum") -> float:
     return float(t.item())
 
 
-def _broadcast_path(path: Path | None, dist: Dist) -> Path:
+def any_of(flags: tuple[bool, ...], dist: Dist) -> tuple[bool, ...]:
+    """Each flag OR-ed over all processes, in one collective call."""
+    if dist.world == 1:
+        return flags
+    t = torch.tensor([float(f) for f in flags])
+    torch.distributed.all_reduce(t, torch.distributed.ReduceOp.MAX)
+    return tuple(bool(v) for v in t.tolist())
+
+
+def broadcast_path(path: Path | None, dist: Dist) -> Path:
     """The run folder chosen by rank 0, told to every process (as bytes in a tensor: no pickle)."""
     if dist.world == 1:
         assert path is not None
@@ -244,7 +253,7 @@ def evaluate(loss_model: Any, rows: list[trainset.Example], config: TuneConfig, 
     mine.sort(key=lambda e: len(e.ids))
     total = count = 0.0
     loss_model.eval()
-    with torch.no_grad(), _autocast(dist.device, bf16):
+    with torch.no_grad(), autocast(dist.device, bf16):
         for i in range(0, len(mine), config.batch_size):
             chunk = mine[i : i + config.batch_size]
             ids, labels = (t.to(dist.device) for t in trainset.collate(chunk))
@@ -252,10 +261,10 @@ def evaluate(loss_model: Any, rows: list[trainset.Example], config: TuneConfig, 
             total += float(loss_model(ids, labels)) * n
             count += n
     loss_model.train()
-    return _all_reduce(total, dist) / max(1.0, _all_reduce(count, dist))
+    return all_reduce(total, dist) / max(1.0, all_reduce(count, dist))
 
 
-def _autocast(device: str, bf16: bool) -> Any:
+def autocast(device: str, bf16: bool) -> Any:
     return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=bf16)
 
 
@@ -265,7 +274,7 @@ def side_by_side(model: Any, encoder: Any, chats: list, max_tokens: int, bf16: b
     device = next(model.parameters()).device
 
     def answer(ids: Any) -> str:
-        with torch.no_grad(), _autocast(str(device), bf16):
+        with torch.no_grad(), autocast(str(device), bf16):
             out = model.generate(input_ids=ids, max_new_tokens=max_tokens, do_sample=False,
                                  eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)  # fmt: skip
         return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()

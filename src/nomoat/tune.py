@@ -11,6 +11,7 @@ cleanly after the current step with a checkpoint. The mechanics live in :mod:`no
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -57,21 +58,16 @@ def run(
         settings = runs.read_json(run_dir / "config.json")
     else:
         settings = _new_settings(data, model, time, steps, epochs, eval_data, overrides, dist.world)
-        run_dir = training._broadcast_path(runs.new_run_dir(output) if dist.main else None, dist)
+        run_dir = training.broadcast_path(runs.new_run_dir(output) if dist.main else None, dist)
     import torch
 
-    torch.set_num_threads(threads or max(1, default_threads() // int(_env("LOCAL_WORLD_SIZE", dist.world))))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world))  # processes sharing this machine's cores
+    torch.set_num_threads(threads or max(1, default_threads() // local_world))
     session = _Session.start(settings, run_dir, dist, resume is not None, skip_invalid, started)
     try:
         return session.train(progress, on_step)
     finally:
         session.close()
-
-
-def _env(name: str, default: Any) -> str:
-    import os
-
-    return os.environ.get(name, str(default))
 
 
 def _now() -> float:
@@ -275,7 +271,7 @@ class _Session:
             group["lr"] = lr
         t = _now()
         try:
-            with training._autocast(dist.device, self.bf16):
+            with training.autocast(dist.device, self.bf16):
                 loss = self.step_model(ids, labels)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for _, p in self.params], self.config.max_grad_norm)
@@ -287,11 +283,11 @@ class _Session:
                 f"the last checkpoint is intact: start again with a smaller --batch-size or --max-length"
             ) from exc
         seconds = _now() - t
-        tokens = int(training._all_reduce(sum(len(r.ids) for r in rows), dist))
+        tokens = int(training.all_reduce(sum(len(r.ids) for r in rows), dist))
         st["step"] += 1
         st["tokens"] += tokens
         st["train_s"] += seconds
-        loss_value = training._all_reduce(float(loss.detach()), dist) / dist.world
+        loss_value = training.all_reduce(float(loss.detach()), dist) / dist.world
         record = {"step": st["step"], "loss": round(loss_value, 5), "lr": lr, "tokens": tokens}
         record |= {"tok_s": round(tokens / max(seconds, 1e-9), 1), "elapsed_s": round(self._elapsed(), 1)}
         return seconds, ids.numel(), record
@@ -328,7 +324,7 @@ class _Session:
         evals_left = max(0, self.config.evals - self.state.get("evals_done", 0))
         left = (self._time_left() or 0.0) - self._reserve() - (self.state["eval_s"] or 0.0) * evals_left
         planned = training.plan_steps(self.state["step"], left, self._step_cost(timed))
-        return int(training._all_reduce(max(planned, self.state["step"] + 1), self.dist, "min"))
+        return int(training.all_reduce(max(planned, self.state["step"] + 1), self.dist, "min"))
 
     def _eval_every(self) -> int:
         return max(1, (self.state["planned_steps"] or 1) // max(1, self.config.evals))
@@ -342,13 +338,10 @@ class _Session:
         return st["step"] >= st["next_eval"] or st["step"] >= st["planned_steps"]
 
     def _agree(self, stop: bool, save: bool) -> tuple[bool, bool]:
+        """Every process stops (or saves) when any one wants to: one all-reduce of both flags."""
         from nomoat import training
 
-        if self.dist.world == 1:
-            return stop, save
-        return bool(training._all_reduce(float(stop), self.dist, "max")), bool(
-            training._all_reduce(float(save), self.dist, "max")
-        )
+        return training.any_of((stop, save), self.dist)
 
     # -- eval, checkpoint, end ------------------------------------------------------------------------
     def _evaluate(self) -> float | None:
