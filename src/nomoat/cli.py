@@ -27,6 +27,7 @@ EPILOG = """examples:
   nomoat tune --resume RUN                              continue a stopped run exactly
   nomoat export RUN --format all                        GGUF (checked against torch), HF folder, Modelfile
   nomoat chat --model RUN                               chat with the tuned model (its newest GGUF export)
+  nomoat serve                                          OpenAI-compatible API + web UI at http://127.0.0.1:8000/
 
 state lives in $NOMOAT_HOME (default: your user data folder); --model takes 'default', a .gguf file or a folder."""
 
@@ -223,6 +224,31 @@ def cmd_eval(args: argparse.Namespace) -> None:
     _emit(args, result, evaluate.format_table)
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from nomoat import serve
+    from nomoat.config import ServeConfig
+
+    if not 0 <= args.port <= 65535:
+        raise UserError("--port must be between 0 and 65535")
+    config = ServeConfig(
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        kb=args.kb,
+        allow_hosts=tuple(args.allow_host),
+        cors_origins=tuple(args.cors_origin),
+    )
+    if args.max_queue is not None:
+        if args.max_queue < 0:
+            raise UserError("--max-queue must be 0 or more")
+        config.max_queue = args.max_queue
+
+    def ready(url: str) -> None:
+        print(f"nomoat serve: {url} (API under {url}v1; Ctrl-C stops)", flush=True)
+
+    serve.run(config, model=args.model, runtime=_runtime_config(args), on_ready=ready)
+
+
 def cmd_models(args: argparse.Namespace) -> None:
     from nomoat import models
 
@@ -417,6 +443,19 @@ def _setup_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="the table, intervals and disagreements as JSON")
 
 
+def _setup_serve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; others need a key)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
+    p.add_argument("--api-key", help="clients must send 'Authorization: Bearer KEY' (default: $NOMOAT_API_KEY)")
+    p.add_argument("--kb", default="default", help="knowledge base behind the model id nomoat-rag (default: default)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer to this Host name (repeatable; localhost and 127.0.0.1 always work)")  # fmt: skip
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let web pages from this origin call the API (repeatable; default: none)")  # fmt: skip
+    p.add_argument("--max-queue", type=int, help="requests that may wait for the busy model (default 8; more get 429)")
+    _add_model_flags(p)
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {
     "chat": ("chat with a model, interactively or --once", _setup_chat, cmd_chat),
     "models": ("list the models you can run (size, architecture, context, quantization)", _setup_models, cmd_models),
@@ -428,6 +467,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "export": ("merge a run's adapter and export GGUF / HF / Ollama files, parity-checked", _setup_export, cmd_export),
     "eval": ("compare base, tuned, base+RAG and tuned+RAG on held-out questions", _setup_eval, cmd_eval),
     "kb": ("list, describe or remove knowledge bases", _setup_kb, cmd_kb),
+    "serve": ("OpenAI-compatible API and web UI on 127.0.0.1 (chat, embeddings, KB)", _setup_serve, cmd_serve),
 }
 
 

@@ -185,6 +185,37 @@ class TuneConfig:
     seed: int = 0
 
 
+@dataclass
+class ServeConfig:
+    """``nomoat serve``: where it listens and the limits every request is held to (safe by default)."""
+
+    host: str = "127.0.0.1"
+    """Address to bind. Anything but loopback requires an API key."""
+    port: int = 8000
+    api_key: str | None = None
+    """Bearer key clients must send (``Authorization: Bearer KEY``); None = no key (loopback only)."""
+    allow_hosts: tuple[str, ...] = ()
+    """Host header values accepted besides localhost, 127.0.0.1, [::1] and the bound host ('*' = any)."""
+    cors_origins: tuple[str, ...] = ()
+    """Browser origins allowed to call the API cross-site; none by default (CORS off)."""
+    kb: str = "default"
+    """Knowledge base behind the model id ``nomoat-rag``."""
+    max_body_bytes: int = 2**20
+    """Largest request body; bigger ones get 413 while being read, before they are buffered."""
+    max_queue: int = 8
+    """Requests that may wait for a busy model; one more gets 429 (generation is one at a time per model)."""
+    max_tokens: int = 2048
+    """Largest ``max_tokens`` a request may ask for (also capped by what the context has left)."""
+    default_max_tokens: int = 512
+    """``max_tokens`` when a request gives none."""
+    max_messages: int = 256
+    max_stop: int = 4
+    """Most stop strings per request (OpenAI's limit)."""
+    max_embedding_inputs: int = 256
+    max_connections: int = 64
+    """Open connections uvicorn serves at once; more get 503 instead of exhausting the process."""
+
+
 def parse_duration(text: str) -> float:
     """``"90s"``, ``"30m"``, ``"3h"``, ``"1h30m"`` or plain seconds → seconds. Raises ValueError."""
     import re

@@ -1,0 +1,142 @@
+"""One generation at a time per model, a bounded queue, and worker threads that can be stopped.
+
+llama.cpp contexts are not thread-safe and a CPU runs one generation well, not several. So each model has a
+:class:`Slot`: one job runs, at most ``max_queue`` wait, and one more is refused with :class:`Busy` (HTTP 429)
+instead of piling up. A job runs in its own thread (it blocks in C for each token) and hands its text to the
+event loop piece by piece; :meth:`Job.cancel` (client gone) makes the thread stop at the next piece and close the
+generator, which ends llama.cpp's sampling loop. The slot is released only when the thread has really finished,
+because until then it still uses the llama.cpp context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+JobEvent = tuple[str, Any]
+Work = Callable[[Callable[[str], None], threading.Event], Any]
+"""``work(emit, stop) -> result``: runs in a worker thread, calls ``emit(text)`` per piece, returns early once
+``stop`` is set. Its return value (or exception) ends the job."""
+
+
+class Busy(Exception):
+    """The model is generating and its queue is full (HTTP 429)."""
+
+
+class Slot:
+    """Admission control for one model: one running job, at most ``max_queue`` waiting for it."""
+
+    def __init__(self, max_queue: int) -> None:
+        self.max_queue = max_queue
+        self.waiting = 0
+        self.running = False
+        self._free = asyncio.Event()
+        self._free.set()
+
+    async def acquire(self) -> None:
+        """Wait for the slot; raises Busy at once if ``max_queue`` requests are already waiting."""
+        if self.running and self.waiting >= self.max_queue:
+            raise Busy(f"the model is busy ({self.waiting} requests waiting); retry shortly")
+        self.waiting += 1
+        try:
+            while self.running:  # wake-ups race: whoever finds it free first takes it
+                self._free.clear()
+                await self._free.wait()
+        finally:
+            self.waiting -= 1
+        self.running = True
+
+    def release(self) -> None:
+        """Called on the event loop (from a thread: via ``loop.call_soon_threadsafe``)."""
+        self.running = False
+        self._free.set()
+
+
+class Job:
+    """``work`` running in a thread while holding ``slot`` (already acquired); read it with :meth:`next`."""
+
+    def __init__(self, slot: Slot, work: Work) -> None:
+        self.slot, self.work = slot, work
+        self.stop = threading.Event()
+        self.result: Any = None
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._thread: threading.Thread | None = None
+        self._released = False
+        self._next_check = 0.0  # loop time of the next client check
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="nomoat-generate", daemon=True)
+        self._thread.start()
+
+    def _put(self, kind: str, value: Any) -> None:
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, (kind, value))
+
+    def _run(self) -> None:
+        try:
+            result = self.work(lambda text: self._put("text", text), self.stop)
+            self._put("done", result)
+        except BaseException as exc:  # handed to the request; the thread itself must end quietly
+            self._put("error", exc)
+        finally:
+            self._loop.call_soon_threadsafe(self._release)
+
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.slot.release()
+
+    async def next(self, disconnected: Callable[[], Awaitable[bool]] | None = None, poll_s: float = 0.5) -> JobEvent:
+        """The next event, ``("text", piece)`` or ``("done", result)``; raises the work's exception.
+
+        With ``disconnected`` (async, e.g. ``Request.is_disconnected``) the client is checked every ``poll_s``
+        while waiting, and a client that left cancels the job: the model is not kept busy for nobody.
+        """
+        if self._thread is None:
+            self.start()
+        getter = asyncio.ensure_future(self._queue.get())
+        try:
+            while not getter.done():
+                await asyncio.wait({getter}, timeout=poll_s if disconnected else None)
+                if not getter.done():
+                    await self._check(disconnected, poll_s)
+            await self._check(disconnected, poll_s)  # a fast stream never waits: check between its pieces too
+        finally:
+            getter.cancel()  # a no-op when done; otherwise we were cancelled ourselves
+        kind, value = getter.result()
+        if kind == "error":
+            raise value
+        if kind == "done":
+            self.result = value
+        return kind, value
+
+    async def _check(self, disconnected: Callable[[], Awaitable[bool]] | None, every_s: float) -> None:
+        """Cancel the job if the client left (checked at most every ``every_s``). After a cancel the thread stops
+        at its next piece and reports "done", so callers just keep reading."""
+        now = self._loop.time()
+        if disconnected is None or self.stop.is_set() or now < self._next_check:
+            return
+        self._next_check = now + every_s
+        if await disconnected():
+            self.cancel()
+
+    def cancel(self) -> None:
+        """Stop generating (the client went away). Frees the slot now if the thread never started."""
+        self.stop.set()
+        if self._thread is None:
+            self._release()
+
+
+async def run_to_end(job: Job, disconnected: Callable[[], Awaitable[bool]] | None = None) -> str:
+    """All of a job's text (non-streaming requests); ``job.result`` is set afterwards."""
+    parts: list[str] = []
+    try:
+        while True:
+            kind, value = await job.next(disconnected)
+            if kind == "done":
+                return "".join(parts)
+            parts.append(value)
+    finally:
+        job.cancel()  # a no-op once finished; stops the thread if we are cancelled ourselves
