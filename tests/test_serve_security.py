@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from nomoat import cli
 from nomoat.errors import UserError
 from nomoat.serve.responses import scrub
 from nomoat.serve.security import Guard, allowed_hosts, check_bind, host_name, is_loopback, key_matches
-from test_serve import CHAT, FakeModel, client
+from test_serve import CHAT, FakeModel, client, live
 
 KEY = "s3cret-key-for-tests"
 
@@ -198,3 +200,18 @@ def test_scrub_cuts_absolute_paths_and_extra_lines() -> None:
     assert scrub("cannot open /home/a/b/x.sqlite: bad\nTraceback") == "cannot open x.sqlite: bad"
     assert scrub("no knowledge base 'x': run `nomoat ingest PATH`") == "no knowledge base 'x': run `nomoat ingest PATH`"
     assert scrub("see http://127.0.0.1:8000/v1/models") == "see http://127.0.0.1:8000/v1/models"
+
+
+def test_a_100_mb_upload_to_a_real_server_gets_413_and_the_server_stays_healthy() -> None:
+    def chunked() -> Iterator[bytes]:  # no Content-Length: only counting while reading can stop it
+        piece = b"x" * 65536
+        for _ in range(1600):
+            yield piece
+
+    with live(FakeModel()) as url:
+        headers = {"Content-Type": "application/json"}
+        for content in (chunked(), b"x" * (100 * 2**20)):
+            r = httpx.post(f"{url}/v1/chat/completions", content=content, headers=headers, timeout=60)
+            assert r.status_code == 413 and r.json()["error"]["message"] == "request body larger than 1048576 bytes"
+            assert httpx.get(f"{url}/health").json()["status"] == "ok"
+        assert httpx.post(f"{url}/v1/chat/completions", json=CHAT, timeout=30).status_code == 200

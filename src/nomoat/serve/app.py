@@ -100,7 +100,7 @@ def error_response(exc: BaseException) -> JSONResponse:
     if isinstance(exc, Busy):
         return JSONResponse(R.error_body(str(exc), "rate_limit_error"), 429, {"Retry-After": "1"})
     if isinstance(exc, BodyTooLarge):
-        return JSONResponse(R.error_body("request body too large"), 413, {"Connection": "close"})
+        return JSONResponse(R.error_body(str(exc) or "request body too large"), 413, {"Connection": "close"})
     if isinstance(exc, UserError):
         return JSONResponse(R.error_body(str(exc)), 400)
     if isinstance(exc, HTTPException):

@@ -162,7 +162,7 @@ class Guard:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body:
-                    raise BodyTooLarge
+                    raise BodyTooLarge(self._too_large())
             return message
 
         async def tracked_send(message: Message) -> None:
