@@ -200,6 +200,7 @@ def test_knowledge_base_answer_carries_checked_citations(nomoat_home: Any) -> No
     assert (extra["kb"], extra["grounded"], extra["mode"]) == ("notes", True, "generated")
     assert extra["citations"][0]["path"] == "notes/office.md"
     assert extra["citations"][0]["quote"] in HITS[0]["text"]
+    assert extra["citations"][0]["chunk_id"] == 7  # what the UI opens the cited passage by
     assert body["usage"]["completion_tokens"] == 7  # counted from the model's generation inside rag
     # streamed: the checked answer in one piece, the citations on the last chunk
     r = client(model).post("/v1/chat/completions", json={"model": "kb:notes", "messages": [question], "stream": True})
@@ -265,11 +266,12 @@ def test_kb_status_and_chunk_view_never_expose_server_paths(nomoat_home: Any, tm
 
 # -- a real server in a thread: queue and disconnects ------------------------------------------------------------
 @contextlib.contextmanager
-def live(model: FakeModel, **config: Any) -> Iterator[str]:
+def live(model: FakeModel, retrieve: Any = None, **config: Any) -> Iterator[str]:
+    """A real uvicorn server on a free loopback port, in a thread; yields its base URL."""
     import uvicorn
 
     sock = bind("127.0.0.1", 0)
-    app = create_app(model, ServeConfig(**config), embedder=FakeEmbedder())
+    app = create_app(model, ServeConfig(**config), embedder=FakeEmbedder(), retrieve=retrieve)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -91,15 +91,36 @@ def grounded(
 
     question = messages[-1]["content"]
     history = [m for m in messages[:-1] if m["role"] in ("user", "assistant")]
+    if retrieve is None:
+        from nomoat.retrieval import search as retrieve
 
     def work(emit: Emit, stop: threading.Event) -> dict[str, Any]:
         counted = _Counted(model, stop)
-        result = rag.ask(question, kb, model=counted, history=history, gen=gen, retrieve=retrieve)
+        hits: list[dict[str, Any]] = []
+
+        def recorded(*args: Any, **kw: Any) -> list[dict[str, Any]]:
+            found = retrieve(*args, **kw)
+            hits.extend(found)
+            return found
+
+        result = rag.ask(question, kb, model=counted, history=history, gen=gen, retrieve=recorded)
         emit(result["answer"])
-        extra = {"kb": kb, "grounded": result["grounded"], "mode": result["mode"], "citations": result["citations"]}
+        citations = [_with_chunk_id(c, hits) for c in result["citations"]]
+        extra = {"kb": kb, "grounded": result["grounded"], "mode": result["mode"], "citations": citations}
         return {**counted.usage, "nomoat": extra}
 
     return work
+
+
+def _with_chunk_id(citation: dict[str, Any], hits: list[dict[str, Any]]) -> dict[str, Any]:
+    """The citation with the id of the chunk it quotes (the UI opens it by id), found among the hits."""
+    if citation.get("chunk_id") is not None:
+        return citation
+    for hit in hits:
+        same = (hit.get("path"), hit.get("location")) == (citation["path"], citation["location"])
+        if same and citation["quote"] in hit.get("text", "") and hit.get("chunk_id") is not None:
+            return {**citation, "chunk_id": hit["chunk_id"]}
+    return citation
 
 
 def embed(embedder: Any, texts: list[str]) -> Callable[[Emit, threading.Event], Any]:
