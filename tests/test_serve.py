@@ -337,3 +337,19 @@ def test_client_disconnect_stops_generation_and_frees_the_slot(stream: bool) -> 
         assert model.generations[0].finish_reason is None  # stopped, not finished
         model.options["endless"] = False
         assert httpx.post(f"{url}/v1/chat/completions", json=CHAT, timeout=30).status_code == 200
+
+
+def test_a_client_that_leaves_while_queued_never_reaches_the_model() -> None:
+    gate = threading.Event()
+    model = FakeModel("one two", gate=gate)
+    with live(model) as url:
+        running = threading.Thread(target=httpx.post, args=(f"{url}/v1/chat/completions",),
+                                   kwargs={"json": CHAT, "timeout": 30})  # fmt: skip
+        running.start()
+        wait_until(lambda: httpx.get(f"{url}/health").json()["busy"], "first request running")
+        with pytest.raises(httpx.ReadTimeout):  # queued behind the first, then gives up
+            httpx.post(f"{url}/v1/chat/completions", json=CHAT, timeout=0.5)
+        gate.set()
+        running.join(30)
+        wait_until(lambda: httpx.get(f"{url}/health").json() == {"status": "ok", "busy": False, "waiting": 0}, "idle")
+        assert len(model.generations) == 1

@@ -33,6 +33,11 @@ KB_PREFIX = "kb:"
 EMBED_MODEL = "nomoat-embed"
 log = logging.getLogger("nomoat.serve")
 
+
+class ClientGone(Exception):
+    """The client disconnected before its request could start."""
+
+
 # The UI is one page and one script; a strict policy means even a hostile document quoted in a citation cannot
 # run code (the script also only ever sets textContent).
 UI_HEADERS = {
@@ -81,9 +86,11 @@ class Server:
             self._embedder = await asyncio.to_thread(default_embedder)  # the first use may build the ONNX file
         return self._embedder
 
-    async def start(self, slot: Slot, work_fn: Callable[..., Any]) -> Job:
+    async def start(self, slot: Slot, work_fn: Callable[..., Any], request: Request) -> Job:
         await slot.acquire()  # raises Busy (429) when the queue is full
         try:
+            if await request.is_disconnected():  # left while waiting: do not spend the model on nobody
+                raise ClientGone
             job = Job(slot, work_fn)
             job.start()
         except BaseException:
@@ -97,6 +104,8 @@ def error_response(exc: BaseException) -> JSONResponse:
     as a generic 500: tracebacks and absolute paths stay in the server's log."""
     if isinstance(exc, BadRequest):
         return JSONResponse(R.error_body(exc.message, exc.kind, exc.param), exc.status)
+    if isinstance(exc, ClientGone):
+        return JSONResponse(R.error_body("client closed the request"), 499)  # nginx's code; nobody reads it
     if isinstance(exc, Busy):
         return JSONResponse(R.error_body(str(exc), "rate_limit_error"), 429, {"Retry-After": "1"})
     if isinstance(exc, BodyTooLarge):
@@ -166,7 +175,7 @@ def create_app(
         where = ".".join(str(p) for p in errors[0]["loc"]) if errors else "request"
         return error_response(BadRequest(f"{where}: {errors[0]['msg'] if errors else 'invalid'}", where))
 
-    for kind in (BadRequest, Busy, BodyTooLarge, UserError, HTTPException, Exception):
+    for kind in (BadRequest, Busy, ClientGone, BodyTooLarge, UserError, HTTPException, Exception):
         app.add_exception_handler(kind, on_error)
     app.add_exception_handler(RequestValidationError, on_validation)
 
@@ -223,7 +232,7 @@ def create_app(
         else:
             job_work = work.grounded(model, messages, kb, _rag_gen(body, gen), server.retrieve)
         rid, name = R.new_id("chatcmpl"), body.model
-        job = await server.start(server.slot, job_work)
+        job = await server.start(server.slot, job_work, request)
         if not body.stream:
             text = await run_to_end(job, request.is_disconnected)
             return R.chat_completion(rid, name, text, job.result)
@@ -254,7 +263,7 @@ def create_app(
         if not prompt:
             raise BadRequest("prompt: must not be empty", "prompt")
         rid, name = R.new_id("cmpl"), body.model
-        job = await server.start(server.slot, work.complete(model, prompt, gen))
+        job = await server.start(server.slot, work.complete(model, prompt, gen), request)
         if not body.stream:
             text = await run_to_end(job, request.is_disconnected)
             return R.text_completion(rid, name, text, job.result)
@@ -285,7 +294,7 @@ def create_app(
             raise BadRequest(f"input: 1-{config.max_embedding_inputs} non-empty strings", "input")
         if body.dimensions not in (None, emb.dim):
             raise BadRequest(f"dimensions: this model gives {emb.dim}", "dimensions")
-        job = await server.start(server.embed_slot, work.embed(emb, texts))
+        job = await server.start(server.embed_slot, work.embed(emb, texts), request)
         await run_to_end(job, request.is_disconnected)
         vectors = job.result
         data = []
