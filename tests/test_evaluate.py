@@ -47,9 +47,19 @@ def test_bootstrap_interval_is_seeded_and_brackets_the_mean() -> None:
     assert evaluate.bootstrap_ci([0.5] * 5) == (0.5, 0.5, 0.5)
 
 
-def test_leaked_questions_are_those_from_training_documents() -> None:
-    questions = [{"source": "a.md"}, {"source": "b.md"}, {"question": "no source"}]
+def test_leaked_questions_come_from_training_documents_or_repeat_a_training_question() -> None:
+    questions = [{"question": "q1", "source": "a.md"}, {"question": "q2", "source": "b.md"}, {"question": "no source"},
+                 {"question": "What is  Git?"}]  # fmt: skip
     assert evaluate.leaked(questions, {"b.md", "c.md"}) == [1]
+    assert evaluate.leaked(questions, {"b.md"}, {evaluate.normalize("what is git")}) == [1, 3]
+
+
+def test_a_chunk_holds_an_answer_when_it_has_most_of_its_words() -> None:
+    chunk = "--soft: Does not touch the index file or the working tree at all."
+    assert evaluate.holds(chunk, "does not touch the index file or the working tree")
+    assert evaluate.holds(chunk, "Does not touch the index or the tree at all, ever")  # 9 of 10 words
+    assert not evaluate.holds(chunk, "resets the index but not the working tree")
+    assert not evaluate.holds(chunk, "")
 
 
 QUESTIONS = [
@@ -68,7 +78,9 @@ def test_score_gives_the_expected_table_for_known_answers() -> None:
     assert oracle_row["contains"][0] == 1.0 and wrong_row["contains"][0] == 0.0
     assert oracle_row["abstain_unanswerable"][0] == 1.0 and wrong_row["abstain_unanswerable"][0] == 0.0
     assert wrong_row["f1"][0] == 0.0 and oracle_row["abstain_answerable"] == 0.0
+    assert oracle_row["citation_accuracy"] is None  # plain answers cite nothing
     assert [d["question"] for d in result["disagreements"]] == ["Capital of France?", "Deploy time?"]
+    assert result["gains"] == {}  # neither "tuned" nor "base" here
     again = evaluate.score(QUESTIONS, {"oracle": oracle, "wrong": wrong}, unanswerable=["Who?", "What?"])
     assert again["table"]["oracle"]["f1"] == oracle_row["f1"]
     table = evaluate.format_table(result)
@@ -86,9 +98,10 @@ def test_questions_come_from_the_eval_split_and_training_sources_are_known(tmp_p
     (tmp_path / "eval.jsonl").write_text(row("q3", "a3", "c.md") + row("q4", "a4", "b.md"))
     config = {"data": str(tmp_path / "train.jsonl"), "eval_data": str(tmp_path / "eval.jsonl")}
     (tmp_path / "config.json").write_text(json.dumps(config))
-    questions, sources = evaluate.questions_from_run(tmp_path)
-    assert [q["question"] for q in questions] == ["q3", "q4"] and sources == {"a.md", "b.md"}
-    assert evaluate.leaked(questions, sources) == [1]  # q4 comes from a training document: flagged
+    questions, trained = evaluate.questions_from_run(tmp_path)
+    assert [q["question"] for q in questions] == ["q3", "q4"]
+    assert trained == {"sources": {"a.md", "b.md"}, "questions": {"q1", "q2"}}
+    assert evaluate.leaked(questions, trained["sources"]) == [1]  # q4 comes from a training document: flagged
 
 
 def test_cli_eval_errors_are_one_line(tmp_path, capsys) -> None:
@@ -112,3 +125,141 @@ def test_a_question_file_is_read_and_bad_lines_are_named(tmp_path) -> None:
     bad.write_text('{"question": "ok", "answer": "fine"}\nnot json\n{"question": "no answer"}\n')
     with pytest.raises(UserError, match="lines 2, 3"):
         evaluate.read_questions(bad)
+
+
+CHUNKS = {1: "Paris is the capital of France.", 2: "Deploys take about 7 minutes.", 3: "Unrelated text here."}
+
+
+def cited(answer: str, *chunk_ids: int) -> dict:
+    return {"answer": answer, "citations": [{"n": 1, "chunk_id": c, "quote": CHUNKS[c][:10]} for c in chunk_ids]}
+
+
+def test_citation_accuracy_counts_answers_whose_cited_chunk_holds_the_reference() -> None:
+    answers = {"Capital of France?": cited("Paris [1]", 1), "Deploy time?": cited("7 minutes [1]", 3),
+               "Who?": cited("The files do not hold an answer.")}  # fmt: skip
+    rag = lambda q: answers.get(q, answers["Who?"])  # noqa: E731
+    seen: list[list[int]] = []
+
+    def chunk_texts(ids: list[int]) -> dict[int, str]:
+        seen.append(ids)
+        return {i: CHUNKS[i] for i in ids}
+
+    result = evaluate.score(QUESTIONS, {"rag": rag}, unanswerable=["Who?"], chunk_texts=chunk_texts)
+    row = result["table"]["rag"]
+    assert row["citation_accuracy"][0] == 0.5 and row["cited_answers"] == 2  # chunk 3 lacks "7 minutes"
+    assert row["abstain_unanswerable"][0] == 1.0 and seen == [[1], [3]]
+    # without the chunks, the quote is what is checked: "Paris is t" holds "Paris"
+    quotes = evaluate.score(QUESTIONS, {"rag": rag}, unanswerable=["Who?"])["table"]["rag"]
+    assert quotes["citation_accuracy"][0] == 0.5
+
+
+def test_answer_cache_skips_what_was_generated_and_survives_a_torn_line(tmp_path) -> None:
+    calls: list[str] = []
+
+    def oracle(q: str) -> str:
+        calls.append(q)
+        return KNOWN.get(q, "I don't know.")
+
+    path = tmp_path / "cache.jsonl"
+    first = evaluate.score(QUESTIONS, {"m": oracle}, unanswerable=["Who?"],
+                           cache=evaluate.AnswerCache(path, {"m": "model-1"}))  # fmt: skip
+    assert len(calls) == 3 and first["cached"] == 0
+    with open(path, "a") as f:
+        f.write('{"key": "torn')  # a crash mid-write
+    again = evaluate.score(QUESTIONS, {"m": oracle}, unanswerable=["Who?"],
+                           cache=evaluate.AnswerCache(path, {"m": "model-1"}))  # fmt: skip
+    assert len(calls) == 3 and again["cached"] == 3 and again["table"] == first["table"]
+    another_model = evaluate.AnswerCache(path, {"m": "model-2"})
+    other = evaluate.score(QUESTIONS, {"m": oracle}, unanswerable=["Who?"], cache=another_model)  # asked again
+    assert len(calls) == 6 and other["cached"] == 0
+    assert len(evaluate.AnswerCache(path, {}).entries) == 6  # appended after the torn line, not glued to it
+
+
+def test_the_report_is_one_escaped_html_file_with_the_plots(tmp_path) -> None:
+    from nomoat import report
+
+    def parrot(q: str) -> str:
+        return "<script>alert(1)</script>" if "France" in q else "7 minutes"
+
+    result = evaluate.score(QUESTIONS, {"base": parrot, "tuned": lambda q: KNOWN.get(q, "no")}, unanswerable=["Who?"])
+    result |= {"run": str(tmp_path / "run7"), "kb": None, "leaked": 2, "seed": 0, "models": {"base": "/m/a.gguf"}}
+    result["table"]["base"]["perplexity"] = 12.5
+    metrics = [{"step": 0, "loss": None, "eval_loss": 3.0}, *({"step": i, "loss": 3 - i / 10} for i in range(1, 9)),
+               {"step": 8, "loss": 2.2, "eval_loss": 2.5}]  # fmt: skip
+    html = report.write(tmp_path / "r.html", result, metrics).read_text()
+    assert html.count("<img") == 2 and html.count("data:image/png;base64,") == 2
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "2 questions were left out" in html and "run7" in html and "12.50" in html and "a.gguf" in html
+    assert "http" not in html.replace("https://", "").split("<body>")[1]  # nothing fetched from elsewhere
+    no_training = report.render(result, [])
+    assert no_training.count("<img") == 1
+
+
+@pytest.fixture(scope="module")
+def exported_run(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny tuned run exported to GGUF: the real pipeline (llama.cpp answers), random weights."""
+    import json
+
+    pytest.importorskip("peft")
+    from nomoat import export, tune
+    from tiny_gguf import write_tiny_llama
+
+    root = tmp_path_factory.mktemp("eval")
+    rows = [{"messages": [{"role": "user", "content": f"Name box {i}."}, {"role": "assistant", "content": f"Box {i}."}],
+             "meta": {"source": f"box{i}.md"}} for i in range(8)]  # fmt: skip
+    data = root / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    model = write_tiny_llama(root / "tiny.gguf")
+    tune.run(data, model=model, output=root / "run", steps=2, rank=4, batch_size=4, progress=False)
+    export.run(root / "run", format="gguf", quant="f16")
+    return root / "run"
+
+
+def test_eval_of_a_tuned_run_writes_report_json_and_reuses_its_answers(exported_run, tmp_path, capsys) -> None:
+    import json
+
+    from nomoat.cli import main
+
+    questions = tmp_path / "q.jsonl"
+    rows = [
+        {"question": "What is in box 99?", "answer": "Box 99.", "source": "other.md"},
+        {"question": "Name box 3.", "answer": "Box 3."},  # asked word for word in training: left out
+        {"question": "What is in box 42?", "answer": "Box 42.", "source": "box1.md"},  # a training document
+    ]
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = tmp_path / "out" / "report.html"
+    report.parent.mkdir()
+    args = ["eval", str(exported_run), "--no-kb", "--questions", str(questions), "-o", str(report), "--json"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["questions"] == 1 and result["leaked"] == 2 and set(result["table"]) == {"base", "tuned"}
+    assert result["cached"] == 0 and result["models"]["tuned"].endswith(".f16.gguf")
+    assert all(row["perplexity"] > 1 for row in result["table"].values())
+    assert json.loads(report.with_suffix(".json").read_text())["table"] == result["table"]
+    html = report.read_text()
+    assert html.count("data:image/png;base64,") == 2 and "2 questions were left out" in html  # scores + loss
+    assert main(args) == 0  # the same seed again: every answer from the cache, the same table
+    again = json.loads(capsys.readouterr().out)
+    assert again["cached"] == 2 * (1 + len(evaluate.UNANSWERABLE))
+    assert again["table"] == result["table"]
+    manifest = json.loads((exported_run / "manifest.json").read_text())
+    assert manifest["eval"]["report"] == str(report)
+
+
+def test_eval_refuses_questions_that_are_all_from_training(exported_run, tmp_path) -> None:
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question": "Name box 1.", "answer": "Box 1."}\n')
+    with pytest.raises(UserError, match="all 1 questions come from the run's training data"):
+        evaluate.run(exported_run, kb=None, questions=questions, output=tmp_path / "r.html")
+    with pytest.raises(UserError, match=r"give -o NAME\.html"):
+        evaluate.run(exported_run, kb=None, questions=questions, output=tmp_path / "r.pdf")
+
+
+def test_gains_are_paired_differences_with_a_verdict() -> None:
+    questions = [{"question": f"q{i}", "answer": "yes"} for i in range(20)]
+    answers = {"base": ["no"] * 20, "tuned": ["yes"] * 15 + ["no"] * 5, "base+RAG": ["no"] * 19 + ["yes"]}
+    got = evaluate.gains(questions, answers, seed=1)
+    assert set(got) == {"tuned vs base", "base+RAG vs base"}
+    assert got["tuned vs base"][0] == pytest.approx(0.75) and evaluate.verdict(got["tuned vs base"]) == "better"
+    assert evaluate.verdict(got["base+RAG vs base"]) == "no clear difference"  # one question of 20
+    assert evaluate.verdict((-0.3, -0.5, -0.1)) == "worse" and evaluate.verdict(None) == "no questions"

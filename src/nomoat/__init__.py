@@ -27,6 +27,7 @@ _STAGES = {
     "curate": "nomoat.curate",
     "tune": "nomoat.tune",
     "export": "nomoat.export",
+    "evaluate": "nomoat.evaluate",
 }
 
 

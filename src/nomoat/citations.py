@@ -319,7 +319,10 @@ def _overlaps(first: str, other: str) -> bool:
 
 
 def _citation(n: int, source: Source, quote: str) -> Citation:
-    return {"n": n, "path": source["path"], "location": source["location"], "quote": quote}
+    citation: Citation = {"n": n, "path": source["path"], "location": source["location"], "quote": quote}
+    if source.get("chunk_id") is not None:  # lets `nomoat eval` read the whole cited chunk
+        citation["chunk_id"] = source["chunk_id"]
+    return citation
 
 
 # -- checking a generated answer ----------------------------------------------------------------------------------

@@ -215,12 +215,9 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from nomoat import evaluate
 
-    if args.limit < 1:
-        raise UserError("--limit must be at least 1")
     kb = None if args.no_kb else args.kb
-    result = evaluate.run(
-        args.run, kb=kb, questions=args.questions, limit=args.limit, seed=args.seed, progress=not args.json
-    )
+    result = evaluate.run(args.run, model=args.model, kb=kb, questions=args.questions, limit=args.limit,
+                          seed=args.seed, output=args.output, progress=not args.json)  # fmt: skip
     _emit(args, result, evaluate.format_table)
 
 
@@ -434,12 +431,16 @@ def _setup_export(p: argparse.ArgumentParser) -> None:
 
 
 def _setup_eval(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", help="a tune run with a GGUF export (nomoat export RUN)")
+    p.add_argument("run", nargs="?", help="a tune run with a GGUF export (nomoat export RUN); omit to test --model")
+    p.add_argument("--model", help="the tuned model to score (default: the run's newest export); without RUN, the "
+                   "one model to score with and without retrieval (default: the bundled one)")  # fmt: skip
     p.add_argument("--kb", default="default", help="knowledge base for the +RAG rows (default: default)")
     p.add_argument("--no-kb", action="store_true", help="compare base and tuned only, without retrieval")
     p.add_argument("--questions", metavar="FILE", help='your own JSONL of {"question", "answer"[, "source"]}')
     p.add_argument("--limit", type=int, default=30, help="held-out questions to ask (default 30)")
     p.add_argument("--seed", type=int, default=0, help="which questions, and the bootstrap (default 0)")
+    p.add_argument("-o", "--output", metavar="REPORT.html", help="the HTML report (default: RUN/eval.html); "
+                   "REPORT.json and the answer cache REPORT.cache.jsonl go beside it")  # fmt: skip
     p.add_argument("--json", action="store_true", help="the table, intervals and disagreements as JSON")
 
 

@@ -2,17 +2,22 @@
 
 The metrics are pure functions over strings and numbers, so the table can be checked exactly with known
 answers; :func:`score` runs any set of configurations (callables question -> answer), :func:`run` builds the
-four real ones from the run's base GGUF and its newest export. (An HTML report with plots is still to come.)
+four real ones from the run's base GGUF and its newest export (or ``--model``); :mod:`nomoat.report` draws the
+HTML report.
 
 * :func:`token_f1`: SQuAD-style token F1 after normalisation (lower case, punctuation and articles removed).
 * :func:`contains`: the reference's normalised text occurs in the answer (a short fact stated verbatim).
 * :func:`abstained`: the answer says the files / it does not know (what ``nomoat ask`` says when it abstains).
 * :func:`bootstrap_ci`: a percentile bootstrap interval of a mean, seeded, for small samples.
-* :func:`leaked`: eval questions whose source documents were in the training split.
+* :func:`holds`: a cited chunk holds the reference answer (citation accuracy).
+* :func:`leaked`: eval questions whose source documents (or exact questions) were in the training split.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import random
 import re
 import string
@@ -22,6 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from nomoat._api import expose
 from nomoat.errors import UserError
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -62,10 +68,12 @@ def abstained(answer: str) -> bool:
     return bool(_ABSTAIN.search(answer))
 
 
-def bootstrap_ci(values: Sequence[float], *, level: float = 0.95, samples: int = 2000, seed: int = 0) -> tuple:
-    """(mean, low, high): the mean and a percentile bootstrap interval; the same seed gives the same interval."""
+def bootstrap_ci(values: Sequence[float], *, level: float = 0.95, samples: int = 2000, seed: int = 0
+                 ) -> tuple[float, float, float] | None:  # fmt: skip
+    """(mean, low, high): the mean and a percentile bootstrap interval (None for no values); the same seed gives
+    the same interval."""
     if not values:
-        return (float("nan"), float("nan"), float("nan"))
+        return None
     rng = random.Random(seed)
     n = len(values)
     means = sorted(sum(rng.choices(values, k=n)) / n for _ in range(samples))
@@ -74,13 +82,30 @@ def bootstrap_ci(values: Sequence[float], *, level: float = 0.95, samples: int =
     return (sum(values) / n, low, high)
 
 
-def leaked(questions: Iterable[dict[str, Any]], training_sources: set[str]) -> list[int]:
-    """Indices of questions whose ``source`` document is also a source of training rows."""
-    return [i for i, q in enumerate(questions) if q.get("source") and q["source"] in training_sources]
+def holds(text: str, reference: str, at_least: float = 0.8) -> bool:
+    """True when ``text`` (a cited chunk) has at least ``at_least`` of the reference's normalised tokens: the
+    references are extracts of the documents, but chunking and markup can split or reflow a few words."""
+    want = Counter(normalize(reference).split())
+    if not want:
+        return False
+    found = sum((want & Counter(normalize(text).split())).values())
+    return found / sum(want.values()) >= at_least
+
+
+def leaked(questions: Iterable[dict[str, Any]], training_sources: set[str], training_questions: Iterable[str] = ()
+           ) -> list[int]:  # fmt: skip
+    """Indices of questions from a training document (``source``) or asked word for word in training."""
+    seen = set(training_questions)
+
+    def trained(q: dict[str, Any]) -> bool:
+        return bool(q.get("source") and q["source"] in training_sources) or normalize(q["question"]) in seen
+
+    return [i for i, q in enumerate(questions) if trained(q)]
 
 
 # -- the four configurations ------------------------------------------------------------------------
-Answerer = Callable[[str], str]
+Answerer = Callable[[str], "str | dict[str, Any]"]
+"""A configuration: question -> answer text, or ``{"answer", "citations"}`` as ``nomoat ask`` returns."""
 
 # Questions no personal knowledge base should answer: abstention is measured on these (the RAG rows should
 # decline them; plain models usually invent something).
@@ -94,8 +119,9 @@ UNANSWERABLE = (
 )
 
 
-def questions_from_run(run_dir: Path, require_eval: bool = True) -> tuple[list[dict[str, Any]], set[str]]:
-    """The run's held-out rows as ``{"question", "answer", "source"}`` and the set of its training sources."""
+def questions_from_run(run_dir: Path, require_eval: bool = True) -> tuple[list[dict[str, Any]], dict[str, set[str]]]:
+    """The run's held-out rows as ``{"question", "answer", "source"}``, and what it trained on:
+    ``{"sources": document paths, "questions": normalised questions}``."""
     from nomoat import runs
     from nomoat.datasets import read_rows
 
@@ -104,8 +130,9 @@ def questions_from_run(run_dir: Path, require_eval: bool = True) -> tuple[list[d
         raise UserError(f"run {run_dir.name} has no eval split: give --questions FILE.jsonl")
     eval_rows = read_rows(config["eval_data"]) if config.get("eval_data") else []
     questions = [_question(row) for _, row, _ in eval_rows if row is not None]
-    sources = {str((row.get("meta") or {}).get("source")) for _, row, _ in read_rows(config["data"]) if row}
-    return questions, sources - {"None"}
+    trained = [_question(row) for _, row, _ in read_rows(config["data"]) if row is not None]
+    sources = {str(q["source"]) for q in trained if q["source"]}
+    return questions, {"sources": sources, "questions": {normalize(q["question"]) for q in trained}}
 
 
 def read_questions(path: str | Path) -> list[dict[str, Any]]:
@@ -142,45 +169,126 @@ def _question(row: dict[str, Any]) -> dict[str, Any]:
             "source": (row.get("meta") or {}).get("source")}  # fmt: skip
 
 
+class AnswerCache:
+    """Generated answers by (configuration identity, question), appended to a JSONL file as they come: re-running
+    a report costs nothing, and a crash loses at most the answer in flight. ``identities`` maps a configuration
+    name to everything its answers depend on (model file, knowledge-base state, decoding settings)."""
+
+    def __init__(self, path: Path | None, identities: dict[str, str]):
+        self.path, self.identities, self.hits = path, identities, 0
+        self.entries: dict[str, dict[str, Any]] = {}
+        if path is not None and path.exists():
+            import json
+
+            for line in path.read_text(encoding="utf-8").splitlines():
+                with contextlib.suppress(ValueError, KeyError, TypeError):  # a torn last line from a crash
+                    entry = json.loads(line)
+                    self.entries[entry["key"]] = entry
+
+    def answer(self, name: str, question: str, ask: Answerer) -> dict[str, Any]:
+        """The cached answer, or ``ask(question)`` timed and stored: ``{"answer", "citations", "seconds"}``."""
+        key = hashlib.sha256(f"{self.identities.get(name, name)}\n{question}".encode()).hexdigest()
+        if key in self.entries:
+            self.hits += 1
+            return self.entries[key]
+        start = time.perf_counter()
+        got = ask(question)
+        got = got if isinstance(got, dict) else {"answer": got}
+        entry = {"key": key, "answer": got["answer"], "citations": got.get("citations") or [],
+                 "seconds": round(time.perf_counter() - start, 4)}  # fmt: skip
+        self.entries[key] = entry
+        if self.path is not None:
+            self._append(entry)
+        return entry
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        import json
+
+        with open(self.path, "a+b") as f:  # type: ignore[arg-type]
+            if f.tell() and (f.seek(-1, 2), f.read(1))[1] != b"\n":  # a torn line: do not glue onto it
+                f.write(b"\n")
+            f.write(json.dumps(entry, ensure_ascii=False).encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
 def score(
     questions: Sequence[dict[str, Any]],
     answerers: dict[str, Answerer],
     unanswerable: Sequence[str] = UNANSWERABLE,
     seed: int = 0,
     progress: bool = False,
+    cache: AnswerCache | None = None,
+    chunk_texts: Callable[[list[int]], dict[int, str]] | None = None,
 ) -> dict[str, Any]:
-    """Ask every configuration every question (and the unanswerable ones); metrics with bootstrap intervals."""
+    """Ask every configuration every question (and the unanswerable ones); metrics with bootstrap intervals.
+
+    Citation accuracy is over a configuration's answered (not abstaining) questions that cite something: the
+    share where a cited chunk (``chunk_texts(ids) -> {id: text}``, else the quote) :func:`holds` the answer."""
     from tqdm import tqdm
 
+    cache = cache or AnswerCache(None, {})
     table: dict[str, Any] = {}
     answers: dict[str, list[str]] = {}
     bar = tqdm(total=len(answerers) * (len(questions) + len(unanswerable)), unit="answer", desc="eval",
                disable=not progress, dynamic_ncols=True)  # fmt: skip
-    for name, answer in answerers.items():
+    for name, ask in answerers.items():
         bar.set_postfix(configuration=name)
-        got, seconds = [], []
-        for q in questions:
-            start = time.perf_counter()
-            got.append(answer(q["question"]))
-            seconds.append(time.perf_counter() - start)
+        got = []
+        for q in [*questions, *({"question": u} for u in unanswerable)]:
+            got.append(cache.answer(name, q["question"], ask))
             bar.update(1)
-        declined = []
-        for u in unanswerable:
-            declined.append(float(abstained(answer(u))))
-            bar.update(1)
+        got, declined = got[: len(questions)], [float(abstained(g["answer"])) for g in got[len(questions) :]]
+        texts = [g["answer"] for g in got]
+        pairs = list(zip(texts, questions, strict=True))
+        cited = [_cites_answer(g, q["answer"], chunk_texts) for g, q in zip(got, questions, strict=True)
+                 if g["citations"] and not abstained(g["answer"])]  # fmt: skip
+        seconds = sorted(g["seconds"] for g in got)
         table[name] = {
-            "f1": bootstrap_ci([token_f1(a, q["answer"]) for a, q in zip(got, questions, strict=True)], seed=seed),
-            "contains": bootstrap_ci(
-                [float(contains(a, q["answer"])) for a, q in zip(got, questions, strict=True)], seed=seed
-            ),
+            "f1": bootstrap_ci([token_f1(a, q["answer"]) for a, q in pairs], seed=seed),
+            "contains": bootstrap_ci([float(contains(a, q["answer"])) for a, q in pairs], seed=seed),
+            "citation_accuracy": bootstrap_ci(cited, seed=seed),
+            "cited_answers": len(cited),
             "abstain_unanswerable": bootstrap_ci(declined, seed=seed),
-            "abstain_answerable": sum(map(abstained, got)) / max(1, len(got)),
-            "seconds_p50": sorted(seconds)[len(seconds) // 2] if seconds else None,
+            "abstain_answerable": sum(map(abstained, texts)) / max(1, len(texts)),
+            "seconds_p50": _quantile(seconds, 0.5),
+            "seconds_p95": _quantile(seconds, 0.95),
         }
-        answers[name] = got
+        answers[name] = texts
     bar.close()
     return {"questions": len(questions), "unanswerable": len(unanswerable), "table": table,
-            "disagreements": _disagreements(questions, answers)}  # fmt: skip
+            "gains": gains(questions, answers, seed), "disagreements": _disagreements(questions, answers),
+            "cached": cache.hits}  # fmt: skip
+
+
+# What each step buys: tuning (with and without retrieval), and retrieval (for the base model).
+GAINS = (("tuned", "base"), ("base+RAG", "base"), ("tuned+RAG", "base+RAG"))
+
+
+def gains(questions: Sequence[dict[str, Any]], answers: dict[str, list[str]], seed: int = 0) -> dict[str, Any]:
+    """Token F1 differences on the same questions, ``{"A vs B": (mean, low, high)}``: a paired bootstrap, which is
+    tighter than comparing two separate intervals because each question's difficulty cancels out."""
+    f1 = {n: [token_f1(a, q["answer"]) for a, q in zip(got, questions, strict=True)] for n, got in answers.items()}
+    return {f"{a} vs {b}": bootstrap_ci([x - y for x, y in zip(f1[a], f1[b], strict=True)], seed=seed)
+            for a, b in GAINS if a in f1 and b in f1}  # fmt: skip
+
+
+def verdict(ci: Sequence[float] | None) -> str:
+    """Whether a paired difference is clear at 95 %: better, worse, or within noise."""
+    if ci is None:
+        return "no questions"
+    return "better" if ci[1] > 0 else "worse" if ci[2] < 0 else "no clear difference"
+
+
+def _cites_answer(got: dict[str, Any], reference: str, chunk_texts: Callable | None) -> float:
+    ids = [c["chunk_id"] for c in got["citations"] if c.get("chunk_id") is not None]
+    whole = chunk_texts(ids) if chunk_texts and ids else {}
+    texts = [whole.get(c.get("chunk_id"), c.get("quote", "")) for c in got["citations"]]
+    return float(any(holds(t, reference) for t in texts))
+
+
+def _quantile(values: Sequence[float], q: float) -> float | None:
+    return values[min(len(values) - 1, int(q * len(values)))] if values else None
 
 
 def _disagreements(questions: Sequence[dict[str, Any]], answers: dict[str, list[str]], most: int = 5) -> list:
@@ -194,74 +302,195 @@ def _disagreements(questions: Sequence[dict[str, Any]], answers: dict[str, list[
             for spread, i, f1s in rows[:most] if spread > 0]  # fmt: skip
 
 
+def cell(ci: Sequence[float] | None) -> str:
+    """A mean with its 95 % interval, or a dash when the metric does not apply."""
+    return "-" if ci is None else f"{ci[0]:.2f} [{ci[1]:.2f}-{ci[2]:.2f}]"
+
+
+COLUMNS = (("f1", "token F1"), ("contains", "contains answer"), ("citation_accuracy", "cites answer"),
+           ("abstain_unanswerable", "abstains (unans.)"))  # fmt: skip
+
+
 def format_table(result: dict[str, Any]) -> str:
     """The terminal table: one row per configuration, means with 95 % intervals."""
-
-    def cell(ci: tuple) -> str:
-        mean, low, high = ci
-        return f"{mean:.2f} [{low:.2f}-{high:.2f}]"
-
-    head = f"{'configuration':14s} {'token F1':>18s} {'contains answer':>18s} {'abstains (unans.)':>18s} {'p50 s':>6s}"
-    left_out = f"; {result['leaked']} from training documents left out" if result.get("leaked") else ""
+    head = f"{'configuration':14s}" + "".join(f" {title:>18s}" for _, title in COLUMNS) + f" {'ppl':>6s} {'p50 s':>6s}"
+    left_out = f"; {result['leaked']} from training data left out" if result.get("leaked") else ""
     lines = [f"{result['questions']} questions, {result['unanswerable']} unanswerable{left_out}", head]
     for name, row in result["table"].items():
+        ppl = row.get("perplexity")
         p50 = row["seconds_p50"]
         lines.append(
-            f"{name:14s} {cell(row['f1']):>18s} {cell(row['contains']):>18s} "
-            f"{cell(row['abstain_unanswerable']):>18s} {p50 if p50 is None else round(p50, 2):>6}"
-        )
+            f"{name:14s}" + "".join(f" {cell(row[key]):>18s}" for key, _ in COLUMNS)
+            + f" {'-' if ppl is None else f'{ppl:.2f}':>6s} {'-' if p50 is None else f'{p50:.2f}':>6s}"
+        )  # fmt: skip
+    for pair, ci in result.get("gains", {}).items():
+        lines.append(f"token F1 {pair}: {ci[0]:+.2f} [{ci[1]:+.2f} to {ci[2]:+.2f}], {verdict(ci)}" if ci else pair)
+    if result.get("report"):
+        lines.append(f"report: {result['report']}")
     return "\n".join(lines)
 
 
-def answerers(base: Any, tuned: Any, kb: str | None, gen: Any) -> dict[str, Answerer]:
-    """The four configurations over two loaded models: plain chat, and ``nomoat ask`` on ``kb`` when given."""
+def answerers(models: dict[str, Any], kb: str | None, gen: Any) -> dict[str, Answerer]:
+    """Each model plain, then each with ``nomoat ask`` on ``kb`` (when given): ``name`` and ``name+RAG``."""
     from nomoat import rag
 
     def plain(model: Any) -> Answerer:
         return lambda q: model.chat([{"role": "user", "content": q}], gen).text().strip()
 
     def grounded(model: Any) -> Answerer:
-        return lambda q: rag.ask(q, kb, model=model, gen=gen)["answer"]
+        return lambda q: rag.ask(q, kb, model=model, gen=gen)
 
-    configs = {"base": plain(base), "tuned": plain(tuned)}
+    configs = {name: plain(model) for name, model in models.items()}
     if kb is not None:
-        configs |= {"base+RAG": grounded(base), "tuned+RAG": grounded(tuned)}
+        configs |= {f"{name}+RAG": grounded(model) for name, model in models.items()}
     return configs
 
 
+def held_out_text(questions: Sequence[dict[str, Any]], kb: str | None) -> tuple[str, str]:
+    """Text of the held-out documents for perplexity: their chunks in ``kb``, else the reference answers (which
+    are extracts of them). Returns (text, what it is)."""
+    from nomoat import store
+
+    paths = sorted({q["source"] for q in questions if q.get("source")})
+    if kb is not None and paths:
+        conn = store.open_kb(kb, create=False)
+        try:
+            chunks = store.chunks_of(conn, paths)
+        finally:
+            conn.close()
+        if chunks:
+            return "\n\n".join(chunks), f"{len(chunks)} chunks of {len(paths)} held-out documents"
+    return "\n\n".join(q["answer"] for q in questions), f"the {len(questions)} reference answers"
+
+
+def perplexity(model: Any, text: str, window: int = 512, windows: int = 4) -> float | None:
+    """Perplexity of the first ``windows`` windows of ``text`` under a loaded GGUF model (None for other kinds)."""
+    import math
+
+    from nomoat import runtime
+
+    tokens = model.tokenize(text)[: window * windows]
+    if getattr(model, "ref", None) is None or model.ref.kind != "gguf" or len(tokens) < 2:
+        return None
+    parts = [tokens[i : i + window] for i in range(0, len(tokens), window)]
+    parts = [p for p in parts if len(p) >= 2]
+    nll = [math.log(runtime.perplexity(model.ref.path, p, decode_tokens=0)["ppl"]) * (len(p) - 1) for p in parts]
+    return math.exp(sum(nll) / sum(len(p) - 1 for p in parts))
+
+
 def run(
-    run: str | Path,
+    run: str | Path | None = None,
     *,
+    model: str | Path | None = None,
     kb: str | None = "default",
     questions: str | Path | None = None,
     limit: int = 30,
     seed: int = 0,
+    output: str | Path | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """``nomoat eval RUN``: base vs tuned (its newest GGUF export) vs each with retrieval, on held-out questions
-    (the run's eval split, or ``questions``: a JSONL file of ``{"question", "answer"[, "source"]}``).
+    """``nomoat eval [RUN]``: base vs tuned (the run's newest GGUF export, or ``model``) vs each with retrieval,
+    on held-out questions (the run's eval split, or ``questions``: JSONL of ``{"question", "answer"[, "source"]}``).
+    Without a run, ``model`` (default: the bundled one) is compared with itself plus retrieval on ``questions``.
 
-    Questions from training documents are left out and counted (``leaked``), so a tuned model is never scored on
-    what it was trained on."""
-    from nomoat import models, runs, runtime, store
-    from nomoat.config import GenerationConfig
+    Questions from training documents, or asked word for word in training, are left out and counted (``leaked``),
+    so a tuned model is never scored on what it was trained on. Writes ``eval.json``, the HTML report (RUN/eval.html
+    or ``output``) and a cache of answers beside them, so a second run only redraws the report."""
+    from nomoat import report, runs
 
-    run_dir = runs.find_run(run)
-    config = runs.read_json(run_dir / "config.json")
-    held_out, training_sources = questions_from_run(run_dir, require_eval=questions is None)
+    if limit < 1:
+        raise UserError("--limit must be at least 1")
+    run_dir = runs.find_run(run) if run is not None else None
+    if run_dir is None and questions is None:
+        raise UserError("give a run to evaluate (nomoat eval RUN), or --questions FILE.jsonl to test --model alone")
+    report_path = Path(output) if output else (run_dir / "eval.html" if run_dir else Path("nomoat-eval.html"))
+    if report_path.suffix.lower() not in (".html", ".htm"):
+        raise UserError(f"the report is HTML: give -o NAME.html (got {report_path})")
+    try:
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write the report in {report_path.parent}: {exc.strerror}") from None
+    held_out, trained = questions_from_run(run_dir, questions is None) if run_dir else ([], {"sources": set()})
     asked = read_questions(questions) if questions is not None else held_out
-    flagged = set(leaked(asked, training_sources))
+    flagged = set(leaked(asked, trained["sources"], trained.get("questions", set())))
+    if flagged and len(flagged) == len(asked):
+        raise UserError(f"all {len(asked)} questions come from the run's training data: scores on them would "
+                        "measure memory, not what tuning gained (ask about documents it did not train on)")  # fmt: skip
     asked = [q for i, q in enumerate(asked) if i not in flagged]
     random.Random(seed).shuffle(asked)
     asked = asked[:limit]
     if not asked:
-        raise UserError(f"run {run_dir.name} has no held-out questions left to ask")
+        raise UserError(f"run {run_dir.name if run_dir else ''} has no held-out questions left to ask")
+    _check_kb(kb)
+    refs = _models(run_dir, model)
+    result = _evaluate(asked, refs, kb, seed, report_path.with_suffix(".cache.jsonl"), progress)
+    result["perplexity_text"] = held_out_text(held_out or asked, kb)[1]
+    result |= {"run": str(run_dir) if run_dir else None, "kb": kb, "leaked": len(flagged), "seed": seed,
+               "models": {n: str(r.path) for n, r in refs.items()}, "report": str(report_path),
+               "json": str(report_path.with_suffix(".json"))}  # fmt: skip
+    metrics = runs.read_metrics(run_dir) if run_dir else []
+    runs.write_json(report_path.with_suffix(".json"), result)
+    report.write(report_path, result, metrics)
+    if run_dir:
+        runs.update_manifest(run_dir, eval={"report": str(report_path), "json": result["json"]})
+    return result
+
+
+def _check_kb(kb: str | None) -> None:
+    from nomoat import store
+
     if kb is not None and kb not in {k["name"] for k in store.list_kbs()}:
         raise UserError(f"knowledge base {kb!r} not found (give --kb NAME, or --no-kb to compare models only)")
+
+
+def _models(run_dir: Path | None, model: str | Path | None) -> dict[str, Any]:
+    """``{"base": ref, "tuned": ref}`` for a run (tuned: ``model`` or its newest export), else ``{"base": ref}``."""
+    from nomoat import models, runs
+
+    if run_dir is None:
+        return {"base": models.resolve(model)}
+    base = runs.read_json(run_dir / "config.json")["model"]
+    return {"base": models.resolve(base), "tuned": models.resolve(model if model is not None else run_dir)}
+
+
+def _evaluate(asked: list[dict[str, Any]], refs: dict[str, Any], kb: str | None, seed: int, cache_path: Path,
+              progress: bool) -> dict[str, Any]:  # fmt: skip
+    """Load the models, ask through the answer cache, add each model's held-out perplexity to its rows."""
+    from nomoat import runtime, store
+    from nomoat.config import GenerationConfig
+
     greedy = GenerationConfig(temperature=0.0, max_tokens=96, seed=seed)
-    base, tuned = runtime.load(config["model"]), runtime.load(models.resolve(run_dir))
-    result = score(asked, answerers(base, tuned, kb, greedy), seed=seed, progress=progress)
-    result |= {"run": str(run_dir), "kb": kb, "leaked": len(flagged), "seed": seed}
-    runs.write_json(run_dir / "eval.json", result)
-    runs.update_manifest(run_dir, eval={"path": str(run_dir / "eval.json")})
+    loaded = {name: runtime.load(ref) for name, ref in refs.items()}
+    kb_state = ""
+    if kb is not None:
+        conn = store.open_kb(kb, create=False)
+        try:
+            kb_state = store.state(conn)
+        finally:
+            conn.close()
+    identities = {}
+    for name, ref in refs.items():
+        stat = ref.path.stat()
+        model_id = f"{ref.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{greedy}"
+        identities |= {name: model_id, f"{name}+RAG": f"{model_id}:{kb}:{kb_state}"}
+
+    def chunk_texts(ids: list[int]) -> dict[int, str]:
+        conn = store.open_kb(kb, create=False)  # type: ignore[arg-type]
+        try:
+            return {i: row["text"] for i, row in store.get_chunks(conn, ids).items()}
+        finally:
+            conn.close()
+
+    cache = AnswerCache(cache_path, identities)
+    result = score(asked, answerers(loaded, kb, greedy), seed=seed, progress=progress, cache=cache,
+                   chunk_texts=chunk_texts if kb is not None else None)  # fmt: skip
+    text = held_out_text(asked, kb)[0]
+    for name, model in loaded.items():
+        ppl = perplexity(model, text)
+        for row in (name, f"{name}+RAG"):
+            if row in result["table"]:
+                result["table"][row]["perplexity"] = ppl
     return result
+
+
+expose(__name__, run)

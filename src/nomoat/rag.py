@@ -72,10 +72,10 @@ def ask(
 ) -> dict[str, Any]:
     """Answer ``question`` from knowledge base ``kb`` with checked citations.
 
-    Returns ``{"answer", "grounded", "citations": [{"n", "path", "location", "quote"}], "model", "mode"}`` where
-    ``mode`` is ``"generated"`` (the model's words passed the check), ``"extractive"`` (they did not, so the
-    answer quotes the sources; ``"fallback_reason"`` says why) or ``"abstained"`` (nothing relevant retrieved;
-    ``grounded`` false, no citations). Every quote is an exact substring of its chunk's text.
+    Returns ``{"answer", "grounded", "citations": [{"n", "path", "location", "quote", "chunk_id"}], "model",
+    "mode"}`` where ``mode`` is ``"generated"`` (the model's words passed the check), ``"extractive"`` (they did
+    not, so the answer quotes the sources; ``"fallback_reason"`` says why) or ``"abstained"`` (nothing relevant
+    retrieved; ``grounded`` false, no citations). Every quote is an exact substring of its chunk's text.
 
     ``model`` is a name/path for :func:`nomoat.runtime.load` or an already loaded model; ``history`` holds
     earlier ``{"role", "content"}`` turns; ``on_text`` receives the final answer once it is checked;
@@ -235,7 +235,8 @@ def build_prompt(
                 break
             cost = count(_block(header, text))
         blocks.append(_block(header, text))
-        sources.append({"path": hit.get("path", "?"), "location": hit.get("location", ""), "text": text})
+        sources.append({"path": hit.get("path", "?"), "location": hit.get("location", ""), "text": text,
+                        "chunk_id": hit.get("chunk_id")})  # fmt: skip
         used += cost
         if used >= budget:
             break

@@ -411,6 +411,20 @@ def get_chunks(conn: Connection, chunk_ids: Sequence[int]) -> dict[int, sqlean.R
     return {r["id"]: r for r in conn.execute(sql, [int(i) for i in chunk_ids])}
 
 
+def chunks_of(conn: Connection, doc_paths: Sequence[str]) -> list[str]:
+    """Chunk texts of the documents at ``doc_paths``, document by document in reading order."""
+    marks = ",".join("?" * len(doc_paths))
+    sql = f"""SELECT c.text FROM chunks c JOIN documents d ON d.id = c.doc_id
+              WHERE d.path IN ({marks}) ORDER BY d.path, c.ord"""
+    return [r[0] for r in conn.execute(sql, list(doc_paths))]
+
+
+def state(conn: Connection) -> str:
+    """A value that changes whenever a document is added, updated or removed (keys answers drawn from the KB)."""
+    row = conn.execute("SELECT count(*), coalesce(max(ingested_at), 0), coalesce(sum(n_chunks), 0) FROM documents")
+    return ":".join(map(str, row.fetchone()))
+
+
 # --- whole knowledge bases -------------------------------------------------------------------------------------------
 def verify(conn: Connection) -> list[str]:
     """Problems found (empty list = healthy): SQLite and FTS integrity, row counts, done documents' chunks."""
