@@ -141,3 +141,32 @@ def test_non_loopback_without_key_refuses_to_start(home: Path) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 1 and "without an API key" in proc.stderr
     assert json.dumps(proc.stderr).count("\\n") == 1  # one line, no traceback
+
+
+def test_web_ui_with_the_real_model_asks_for_the_key_streams_and_cites(server: str) -> None:
+    from test_serve_ui import _browser_or_skip
+
+    executable = _browser_or_skip()
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(server)
+        page.wait_for_selector("#key-box.shown")  # the server has a key: the UI asks for it
+        page.fill("#key", KEY)
+        page.click("#save-key")
+        page.wait_for_selector("#kbs li strong")
+        assert page.input_value("#mode") == "kb:default"
+        page.fill("#message", "What is the office wifi password?")
+        page.press("#message", "Enter")
+        citation = page.wait_for_selector(".citation button", timeout=300_000)
+        assert "office.md" in citation.text_content()
+        expect(page.locator(".msg.assistant .text")).to_contain_text("hunter42")
+        page.select_option("#mode", "plain")
+        page.fill("#message", "Count from one to ten.")
+        page.press("#message", "Enter")
+        page.wait_for_selector(".msg.assistant >> nth=1 >> .text", timeout=300_000)
+        page.wait_for_selector(".msg.assistant:not([aria-busy]) >> nth=1", timeout=300_000)
+        assert page.locator(".msg.assistant").nth(1).locator(".text").text_content().strip()
+        browser.close()
