@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -154,6 +155,8 @@ def main() -> None:
         for sample in r["error_samples"]:
             print(f"{'':>18}error: {sample}")
     ratio = loaded["tokens_per_s"] / alone["tokens_per_s"] if alone["tokens_per_s"] else float("nan")
+    client_cpu = resource.getrusage(resource.RUSAGE_SELF)
+    print(f"bench client CPU: {client_cpu.ru_utime + client_cpu.ru_stime:.1f} s (it shares the CPUs with the server)")
     print(f"aggregate tok/s ratio {args.clients} clients / 1 client: {ratio:.2f}")
     print(f"server RSS: {rss_start:.0f} MiB after warm-up -> {rss_end:.0f} MiB after load "
           f"({rss_end - rss_start:+.1f} MiB); health after: {healthy}")  # fmt: skip

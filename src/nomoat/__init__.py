@@ -28,6 +28,7 @@ _STAGES = {
     "tune": "nomoat.tune",
     "export": "nomoat.export",
     "evaluate": "nomoat.evaluate",
+    "serve": "nomoat.serve",
 }
 
 

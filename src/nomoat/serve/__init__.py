@@ -76,3 +76,8 @@ def create_app(*args: Any, **kwargs: Any) -> Any:
     from nomoat.serve.app import create_app as create
 
     return create(*args, **kwargs)
+
+
+from nomoat._api import expose  # noqa: E402  (last, so the module is complete when it becomes callable)
+
+expose(__name__, run)
