@@ -85,6 +85,10 @@ class OnnxEmbedder:
         self._session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         self.dim = int(self._session.get_outputs()[0].shape[-1])
 
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        """Word pieces the model reads for ``texts`` (after truncation), as reported in API usage."""
+        return sum(len(enc.ids) for enc in self._tokenizer.encode_batch(list(texts)))
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)
         out = np.zeros((len(texts), self.dim), np.float32)  # (n, dim)

@@ -286,12 +286,12 @@ def create_app(
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> dict[str, Any]:
         body = parse(EmbeddingRequest, await request.body())
-        emb = await server.embedder()
-        if body.model not in (EMBED_MODEL, emb.name):
+        if body.model != EMBED_MODEL:
             raise BadRequest(f"model {body.model[:80]!r} does not embed; use {EMBED_MODEL!r}", "model", 404)
         texts = body.texts()
         if not 1 <= len(texts) <= config.max_embedding_inputs or not all(t.strip() for t in texts):
             raise BadRequest(f"input: 1-{config.max_embedding_inputs} non-empty strings", "input")
+        emb = await server.embedder()  # loaded on first use: plain chat never pays for it
         if body.dimensions not in (None, emb.dim):
             raise BadRequest(f"dimensions: this model gives {emb.dim}", "dimensions")
         job = await server.start(server.embed_slot, work.embed(emb, texts), request)
@@ -303,7 +303,7 @@ def create_app(
             if body.encoding_format == "base64":  # what the official client asks for: float32 little-endian
                 value = base64.b64encode(vector.astype("<f4").tobytes()).decode()
             data.append({"object": "embedding", "index": i, "embedding": value})
-        count = getattr(emb, "count_tokens", None)
+        count = getattr(emb, "count_tokens", None)  # the default embedder's word pieces; fakes: words
         tokens = count(texts) if count else sum(len(t.split()) for t in texts)
         return {"object": "list", "data": data, "model": body.model,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # fmt: skip
