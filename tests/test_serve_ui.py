@@ -89,7 +89,7 @@ def test_chat_streams_and_knowledge_base_answers_show_openable_citations(browser
         page = browser.new_page()
         page.goto(url + "/")
         page.wait_for_selector("#kbs li strong")
-        assert page.text_content("#kbs") and "1 documents" in page.text_content("#kbs")
+        assert page.text_content("#kbs") and "1 document, 1 chunk" in page.text_content("#kbs")
         assert page.input_value("#mode") == "kb:default"  # knowledge-base answers by default when one exists
 
         # plain chat: text appears while the model is still generating

@@ -19,6 +19,8 @@ function el(tag, className, text) {
   return node;
 }
 
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+
 async function api(path, options = {}) {
   const response = await fetch(path, { ...options, headers: headers() });
   if (response.status === 401) $("key-box").classList.add("shown");
@@ -42,7 +44,7 @@ async function loadStatus() {
     for (const kb of status.data) {
       const item = el("li");
       item.append(el("strong", "", kb.name), el("br"));
-      item.append(el("span", "muted", `${kb.documents} documents, ${kb.chunks} chunks`));
+      item.append(el("span", "muted", `${plural(kb.documents, "document")}, ${plural(kb.chunks, "chunk")}`));
       list.append(item);
       mode.append(new Option(`knowledge base “${kb.name}”`, kb.model));
     }
