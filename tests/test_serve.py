@@ -6,6 +6,7 @@ the queue and disconnect tests run a real uvicorn server in a thread (real socke
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -353,3 +354,33 @@ def test_a_client_that_leaves_while_queued_never_reaches_the_model() -> None:
         running.join(30)
         wait_until(lambda: httpx.get(f"{url}/health").json() == {"status": "ok", "busy": False, "waiting": 0}, "idle")
         assert len(model.generations) == 1
+
+
+def test_slot_serves_waiters_in_order_and_newcomers_wait_their_turn() -> None:
+    from nomoat.serve.engine import Busy, Slot
+
+    async def scenario() -> list[str]:
+        slot, order = Slot(max_queue=3), []
+        await slot.acquire()  # "first" holds it
+
+        async def request(name: str) -> None:
+            await slot.acquire()
+            order.append(name)
+
+        waiters = [asyncio.ensure_future(request(n)) for n in ("a", "b", "c")]
+        await asyncio.sleep(0)
+        assert slot.waiting == 3
+        with pytest.raises(Busy):
+            await slot.acquire()
+        waiters[1].cancel()  # "b" gives up: leaves the line
+        await asyncio.sleep(0)
+        slot.release()  # to "a"; a newcomer arriving now must queue behind "c"
+        late = asyncio.ensure_future(request("late"))
+        await asyncio.sleep(0)
+        for _ in range(3):
+            slot.release()
+            await asyncio.sleep(0)
+        await asyncio.gather(waiters[0], waiters[2], late)
+        return order
+
+    assert asyncio.run(scenario()) == ["a", "c", "late"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,32 +27,48 @@ class Busy(Exception):
 
 
 class Slot:
-    """Admission control for one model: one running job, at most ``max_queue`` waiting for it."""
+    """Admission control for one model: one running job, at most ``max_queue`` waiting for it, served in order.
+
+    ``release`` hands the slot straight to the longest waiter (it never becomes free in between), so a request
+    arriving at that moment cannot jump the queue.
+    """
 
     def __init__(self, max_queue: int) -> None:
         self.max_queue = max_queue
-        self.waiting = 0
         self.running = False
-        self._free = asyncio.Event()
-        self._free.set()
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
 
     async def acquire(self) -> None:
-        """Wait for the slot; raises Busy at once if ``max_queue`` requests are already waiting."""
-        if self.running and self.waiting >= self.max_queue:
-            raise Busy(f"the model is busy ({self.waiting} requests waiting); retry shortly")
-        self.waiting += 1
+        """Take the slot, waiting in line; raises Busy at once if ``max_queue`` requests are already waiting."""
+        if not self.running:
+            self.running = True
+            return
+        if len(self._waiters) >= self.max_queue:
+            raise Busy(f"the model is busy ({len(self._waiters)} requests waiting); retry shortly")
+        turn = asyncio.get_running_loop().create_future()
+        self._waiters.append(turn)
         try:
-            while self.running:  # wake-ups race: whoever finds it free first takes it
-                self._free.clear()
-                await self._free.wait()
-        finally:
-            self.waiting -= 1
-        self.running = True
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self.release()  # handed the slot just as we were cancelled: pass it on
+            else:
+                self._waiters.remove(turn)
+            raise
 
     def release(self) -> None:
-        """Called on the event loop (from a thread: via ``loop.call_soon_threadsafe``)."""
+        """Give the slot to the next in line, or free it. Runs on the event loop (threads use
+        ``loop.call_soon_threadsafe``)."""
+        while self._waiters:
+            turn = self._waiters.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
         self.running = False
-        self._free.set()
 
 
 class Job:
