@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +33,18 @@ def run(
     Raises UserError before loading anything if the address is not loopback and there is no key, and for a
     model that cannot be loaded. ``on_ready`` receives the URL once the model is loaded.
     """
-    config = config or ServeConfig()
-    if not config.api_key:
-        config.api_key = os.environ.get(API_KEY_ENV) or None
+    config = replace(config or ServeConfig())
+    config.api_key = config.api_key or os.environ.get(API_KEY_ENV) or None
     check_bind(config.host, config.api_key)
     from nomoat import runtime as rt
 
-    llm = rt.load(model, runtime)  # fail before listening: a bad model is a startup error, not a 500 later
+    sock = bind(config.host, config.port)  # a port in use fails at once, not after loading the model
+    try:
+        llm = rt.load(model, runtime)  # a bad model is a startup error, not a 500 later
+    except BaseException:
+        sock.close()
+        raise
     app = create_app(llm, config)
-    sock = bind(config.host, config.port)
     import uvicorn
 
     settings = uvicorn.Config(
