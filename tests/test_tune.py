@@ -209,6 +209,34 @@ def test_time_budget_plans_steps_and_stops_on_time(
     assert evals == sorted(set(evals)) and len(evals) <= TuneConfig().evals + 2  # re-plans do not add evals
 
 
+def test_a_short_budget_on_a_slow_machine_cuts_the_eval_rows_and_still_trains(
+    tmp_path: Path, tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nomoat import training
+
+    write_jsonl(tmp_path / "b.eval.jsonl", [chat(i) for i in range(100, 160)])  # 60 eval rows
+    data = write_jsonl(tmp_path / "b.jsonl", [chat(i) for i in range(16)])
+    clock = [1000.0]
+    monkeypatch.setattr(tune, "_now", lambda: clock[0])
+    evaluate, step = training.evaluate, tune._Session._step
+
+    def slow_evaluate(model, rows, *args):  # 1 s per eval row
+        clock[0] += len(rows)
+        return evaluate(model, rows, *args)
+
+    def slow_step(self):  # 5 s per step
+        clock[0] += 5
+        return step(self)
+
+    monkeypatch.setattr(training, "evaluate", slow_evaluate)
+    monkeypatch.setattr(tune._Session, "_step", slow_step)
+    summary = quick(data, tiny_gguf, tmp_path / "r", steps=None, time="5m")
+    # 60 rows x 12 passes would be 720 s of a 300 s budget; cut to 16 rows the passes take 15 % or so
+    assert summary["steps"] > tune.PLAN_AFTER and summary["eval_loss_start"] is not None
+    _, state = runs.load_checkpoint(tmp_path / "r")
+    assert state["eval_rows"] == tune.MIN_EVAL_ROWS
+
+
 def test_a_failed_checkpoint_keeps_the_last_good_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import safetensors.torch
 

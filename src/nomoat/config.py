@@ -178,6 +178,9 @@ class TuneConfig:
     """Eval loss is measured on at most this many eval rows (a fixed subset, so values are comparable)."""
     evals: int = 10
     """How many times eval loss is measured over a run (plus once before the first step)."""
+    eval_share: float = 0.15
+    """With ``--time``, all eval passes together take at most this share of the budget: the eval rows are cut to
+    a prefix whose measured cost fits (never fewer than 16), so a short run on a slow machine still trains."""
     checkpoint_every_s: float = 600.0
     sample_prompts: int = 3
     """Eval prompts answered by the base and the tuned model in the run's summary."""
