@@ -138,3 +138,23 @@ def test_tune_then_export_the_bundled_model(home: Path, tmp_path: Path) -> None:
     assert chat.returncode == 0, chat.stderr
     answer = json.loads(chat.stdout)["answer"]
     assert answer.strip() and "<|im_end|>" not in answer and "<|im_start|>" not in answer
+
+    # eval: the four configurations on questions about the ingested files, with the report and its cache
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(
+        '{"question": "Which password does the office wifi use?", "answer": "The office wifi password is hunter42."}\n'
+        '{"question": "How many minutes does a billing deploy take?", "answer": "about 7 minutes"}\n'
+    )
+    report = tmp_path / "eval" / "report.html"
+    args = ("eval", str(run), "--questions", str(questions), "-o", str(report), "--json")
+    evaluated = _nomoat(home, *args)
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads(evaluated.stdout)
+    assert list(result["table"]) == ["base", "tuned", "base+RAG", "tuned+RAG"] and result["questions"] == 2
+    assert result["table"]["base+RAG"]["citation_accuracy"] is not None  # retrieval finds and cites these files
+    assert result["table"]["base+RAG"]["abstain_unanswerable"][0] >= 0.5  # off-topic questions find nothing
+    assert result["table"]["base"]["perplexity"] > 1 and result["table"]["tuned"]["perplexity"] > 1
+    assert set(result["gains"]) == {"tuned vs base", "base+RAG vs base", "tuned+RAG vs base+RAG"}
+    assert report.read_text().count("data:image/png;base64,") == 2
+    again = json.loads(_nomoat(home, *args).stdout)  # a rerun: every answer from the cache, the same table
+    assert again["cached"] == 4 * (2 + 6) and again["table"] == result["table"]
