@@ -38,6 +38,9 @@ def hit(path: str, text: str, cosine: float | None = 0.6, location: str = "lines
     }
 
 
+CONFIG_ID = hit("config.md", "")["chunk_id"]  # citations name the chunk they quote
+
+
 class FakeRetrieve:
     """Returns fixed hits and records each call's query, kb and k."""
 
@@ -65,7 +68,9 @@ def test_supported_answer_keeps_the_models_wording() -> None:
     assert result == {
         "answer": "It listens on port 8080 [1].",
         "grounded": True,
-        "citations": [{"n": 1, "path": "config.md", "location": "lines 1-2", "quote": PORT_QUOTE}],
+        "citations": [
+            {"n": 1, "path": "config.md", "location": "lines 1-2", "quote": PORT_QUOTE, "chunk_id": CONFIG_ID}
+        ],
         "model": "fake-chat",
         "mode": "generated",
     }
@@ -102,6 +107,7 @@ def test_uncited_answer_gets_the_citation_of_the_source_holding_its_facts() -> N
             "path": "config.md",
             "location": "lines 1-2",
             "quote": "The request timeout is 30 seconds; raise it with --timeout.",
+            "chunk_id": CONFIG_ID,
         }
     ]
 
@@ -125,7 +131,9 @@ def test_invented_number_falls_back_to_an_extractive_answer() -> None:
     assert result == {
         "answer": f'"{PORT_QUOTE}" [1]',
         "grounded": True,
-        "citations": [{"n": 1, "path": "config.md", "location": "lines 1-2", "quote": PORT_QUOTE}],
+        "citations": [
+            {"n": 1, "path": "config.md", "location": "lines 1-2", "quote": PORT_QUOTE, "chunk_id": CONFIG_ID}
+        ],
         "model": "fake-chat",
         "mode": "extractive",
         "fallback_reason": "'8081' is not in the cited source(s)",
@@ -375,6 +383,7 @@ def test_extractive_answer_keeps_the_command_a_sentence_introduces() -> None:
             "path": "undo.md",
             "location": "lines 1-2",
             "quote": "To undo the last commit but keep its changes in the working tree, run:",
+            "chunk_id": hit("undo.md", "")["chunk_id"],
         }
     ]
 
