@@ -237,21 +237,15 @@ def create_app(
             text = await run_to_end(job, request.is_disconnected)
             return R.chat_completion(rid, name, text, job.result)
         first = await _first(job, request)
-
-        async def events() -> AsyncIterator[bytes]:
-            yield R.sse(R.chat_chunk(rid, name, {"role": "assistant", "content": ""}))
-            async for kind, value in _rest(job, first):
-                if kind == "text":
-                    yield R.sse(R.chat_chunk(rid, name, {"content": value}))
-                elif kind == "done":
-                    yield R.sse(R.with_extra(R.chat_chunk(rid, name, {}, value["finish_reason"]), value))
-                    if body.stream_options and body.stream_options.include_usage:
-                        yield R.sse(R.usage_chunk(rid, name, "chat.completion.chunk", value))
-                else:
-                    yield R.sse(value)
-            yield R.sse("[DONE]")
-
-        return _JobStream(events(), job)
+        events = _events(
+            job,
+            first,
+            opening=R.chat_chunk(rid, name, {"role": "assistant", "content": ""}),
+            piece=lambda text: R.chat_chunk(rid, name, {"content": text}),
+            final=lambda result: R.with_extra(R.chat_chunk(rid, name, {}, result["finish_reason"]), result),
+            usage=_usage(body, lambda result: R.usage_chunk(rid, name, "chat.completion.chunk", result)),
+        )
+        return _JobStream(events, job)
 
     @app.post("/v1/completions", response_model=None)
     async def completions(request: Request) -> Any:
@@ -268,20 +262,14 @@ def create_app(
             text = await run_to_end(job, request.is_disconnected)
             return R.text_completion(rid, name, text, job.result)
         first = await _first(job, request)
-
-        async def events() -> AsyncIterator[bytes]:
-            async for kind, value in _rest(job, first):
-                if kind == "text":
-                    yield R.sse(R.text_chunk(rid, name, value))
-                elif kind == "done":
-                    yield R.sse(R.text_chunk(rid, name, "", value["finish_reason"]))
-                    if body.stream_options and body.stream_options.include_usage:
-                        yield R.sse(R.usage_chunk(rid, name, "text_completion", value))
-                else:
-                    yield R.sse(value)
-            yield R.sse("[DONE]")
-
-        return _JobStream(events(), job)
+        events = _events(
+            job,
+            first,
+            piece=lambda text: R.text_chunk(rid, name, text),
+            final=lambda result: R.text_chunk(rid, name, "", result["finish_reason"]),
+            usage=_usage(body, lambda result: R.usage_chunk(rid, name, "text_completion", result)),
+        )
+        return _JobStream(events, job)
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> dict[str, Any]:
@@ -319,6 +307,32 @@ async def _first(job: Job, request: Request) -> tuple[str, Any]:
     except BaseException:
         job.cancel()
         raise
+
+
+Chunk = Callable[[Any], Any]
+
+
+def _usage(body: Any, chunk: Chunk) -> Chunk | None:
+    """The usage chunk's maker when the request asks ``stream_options: {"include_usage": true}``."""
+    return chunk if body.stream_options and body.stream_options.include_usage else None
+
+
+async def _events(job: Job, first: tuple[str, Any], *, piece: Chunk, final: Chunk, usage: Chunk | None,
+                  opening: Any = None) -> AsyncIterator[bytes]:  # fmt: skip
+    """A streaming job as server-sent events: ``opening``, a ``piece(text)`` chunk per piece, ``final(result)``,
+    the usage chunk when asked for, ``[DONE]``; an error after the stream began is sent as an error event."""
+    if opening is not None:
+        yield R.sse(opening)
+    async for kind, value in _rest(job, first):
+        if kind == "text":
+            yield R.sse(piece(value))
+        elif kind == "done":
+            yield R.sse(final(value))
+            if usage is not None:
+                yield R.sse(usage(value))
+        else:
+            yield R.sse(value)
+    yield R.sse("[DONE]")
 
 
 async def _rest(job: Job, first: tuple[str, Any]) -> AsyncIterator[tuple[str, Any]]:
