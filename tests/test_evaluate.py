@@ -1,15 +1,15 @@
-"""Evaluation metrics on answers whose scores are known exactly."""
+"""nomoat eval: metrics on answers whose scores are known exactly, the answer cache, the report, a tiny real run."""
 
 from __future__ import annotations
 
 import pytest
 
-from nomoat import evaluate, rag
+from nomoat import evaluate, rag, scoring
 from nomoat.errors import UserError
 
 
 def test_normalize_drops_case_punctuation_and_articles() -> None:
-    assert evaluate.normalize("The  `git reset --soft` command, an Option!") == "git reset soft command option"
+    assert scoring.normalize("The  `git reset --soft` command, an Option!") == "git reset soft command option"
 
 
 @pytest.mark.parametrize(
@@ -24,42 +24,42 @@ def test_normalize_drops_case_punctuation_and_articles() -> None:
     ],
 )
 def test_token_f1(answer: str, reference: str, f1: float) -> None:
-    assert evaluate.token_f1(answer, reference) == pytest.approx(f1)
+    assert scoring.token_f1(answer, reference) == pytest.approx(f1)
 
 
 def test_contains_needs_the_whole_reference_on_word_boundaries() -> None:
-    assert evaluate.contains("It runs in about 7 minutes.", "7 minutes")
-    assert not evaluate.contains("It runs in about 17 minutes.", "7 minutes")
-    assert not evaluate.contains("anything", "")
+    assert scoring.contains("It runs in about 7 minutes.", "7 minutes")
+    assert not scoring.contains("It runs in about 17 minutes.", "7 minutes")
+    assert not scoring.contains("anything", "")
 
 
 def test_abstention_matches_what_ask_says() -> None:
-    assert evaluate.abstained(rag._abstained("default", "m")["answer"])
-    assert evaluate.abstained("I don't know.") and evaluate.abstained("The files do not say.")
-    assert not evaluate.abstained("Paris is the capital of France.")
+    assert scoring.abstained(rag._abstained("default", "m")["answer"])
+    assert scoring.abstained("I don't know.") and scoring.abstained("The files do not say.")
+    assert not scoring.abstained("Paris is the capital of France.")
 
 
 def test_bootstrap_interval_is_seeded_and_brackets_the_mean() -> None:
     values = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0]
-    mean, low, high = evaluate.bootstrap_ci(values, seed=3)
+    mean, low, high = scoring.bootstrap_ci(values, seed=3)
     assert mean == pytest.approx(0.7) and low < mean < high and low >= 0 and high <= 1
-    assert evaluate.bootstrap_ci(values, seed=3) == (mean, low, high)
-    assert evaluate.bootstrap_ci([0.5] * 5) == (0.5, 0.5, 0.5)
+    assert scoring.bootstrap_ci(values, seed=3) == (mean, low, high)
+    assert scoring.bootstrap_ci([0.5] * 5) == (0.5, 0.5, 0.5)
 
 
 def test_leaked_questions_come_from_training_documents_or_repeat_a_training_question() -> None:
     questions = [{"question": "q1", "source": "a.md"}, {"question": "q2", "source": "b.md"}, {"question": "no source"},
                  {"question": "What is  Git?"}]  # fmt: skip
-    assert evaluate.leaked(questions, {"b.md", "c.md"}) == [1]
-    assert evaluate.leaked(questions, {"b.md"}, {evaluate.normalize("what is git")}) == [1, 3]
+    assert scoring.leaked(questions, {"b.md", "c.md"}) == [1]
+    assert scoring.leaked(questions, {"b.md"}, {scoring.normalize("what is git")}) == [1, 3]
 
 
 def test_a_chunk_holds_an_answer_when_it_has_most_of_its_words() -> None:
     chunk = "--soft: Does not touch the index file or the working tree at all."
-    assert evaluate.holds(chunk, "does not touch the index file or the working tree")
-    assert evaluate.holds(chunk, "Does not touch the index or the tree at all, ever")  # 9 of 10 words
-    assert not evaluate.holds(chunk, "resets the index but not the working tree")
-    assert not evaluate.holds(chunk, "")
+    assert scoring.holds(chunk, "does not touch the index file or the working tree")
+    assert scoring.holds(chunk, "Does not touch the index or the tree at all, ever")  # 9 of 10 words
+    assert not scoring.holds(chunk, "resets the index but not the working tree")
+    assert not scoring.holds(chunk, "")
 
 
 QUESTIONS = [
@@ -101,7 +101,7 @@ def test_questions_come_from_the_eval_split_and_training_sources_are_known(tmp_p
     questions, trained = evaluate.questions_from_run(tmp_path)
     assert [q["question"] for q in questions] == ["q3", "q4"]
     assert trained == {"sources": {"a.md", "b.md"}, "questions": {"q1", "q2"}}
-    assert evaluate.leaked(questions, trained["sources"]) == [1]  # q4 comes from a training document: flagged
+    assert scoring.leaked(questions, trained["sources"]) == [1]  # q4 comes from a training document: flagged
 
 
 def test_cli_eval_errors_are_one_line(tmp_path, capsys) -> None:
@@ -258,8 +258,8 @@ def test_eval_refuses_questions_that_are_all_from_training(exported_run, tmp_pat
 def test_gains_are_paired_differences_with_a_verdict() -> None:
     questions = [{"question": f"q{i}", "answer": "yes"} for i in range(20)]
     answers = {"base": ["no"] * 20, "tuned": ["yes"] * 15 + ["no"] * 5, "base+RAG": ["no"] * 19 + ["yes"]}
-    got = evaluate.gains(questions, answers, seed=1)
+    got = scoring.gains(questions, answers, seed=1)
     assert set(got) == {"tuned vs base", "base+RAG vs base"}
-    assert got["tuned vs base"][0] == pytest.approx(0.75) and evaluate.verdict(got["tuned vs base"]) == "better"
-    assert evaluate.verdict(got["base+RAG vs base"]) == "no clear difference"  # one question of 20
-    assert evaluate.verdict((-0.3, -0.5, -0.1)) == "worse" and evaluate.verdict(None) == "no questions"
+    assert got["tuned vs base"][0] == pytest.approx(0.75) and scoring.verdict(got["tuned vs base"]) == "better"
+    assert scoring.verdict(got["base+RAG vs base"]) == "no clear difference"  # one question of 20
+    assert scoring.verdict((-0.3, -0.5, -0.1)) == "worse" and scoring.verdict(None) == "no questions"

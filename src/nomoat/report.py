@@ -13,7 +13,8 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from nomoat.evaluate import COLUMNS, cell, verdict
+from nomoat.evaluate import COLUMNS, cell
+from nomoat.scoring import verdict
 
 # One colour per configuration, the same in every plot: base grey, tuned blue; +RAG a darker shade.
 COLOURS = {"base": "#9aa3ad", "tuned": "#4c8bd6", "base+RAG": "#5c6670", "tuned+RAG": "#1f4e8c"}
