@@ -263,3 +263,15 @@ def test_gains_are_paired_differences_with_a_verdict() -> None:
     assert got["tuned vs base"][0] == pytest.approx(0.75) and scoring.verdict(got["tuned vs base"]) == "better"
     assert scoring.verdict(got["base+RAG vs base"]) == "no clear difference"  # one question of 20
     assert scoring.verdict((-0.3, -0.5, -0.1)) == "worse" and scoring.verdict(None) == "no questions"
+
+
+def test_a_model_alone_is_scored_on_a_question_file(tiny_gguf, tmp_path) -> None:
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question": "What is in box 5?", "answer": "Box 5."}\n')
+    result = evaluate.run(model=tiny_gguf, kb=None, questions=questions, output=tmp_path / "alone.html")
+    assert list(result["table"]) == ["base"] and result["run"] is None and result["gains"] == {}
+    assert result["models"] == {"base": str(tiny_gguf)} and result["table"]["base"]["perplexity"] > 1
+    html = (tmp_path / "alone.html").read_text()
+    assert html.count("data:image/png;base64,") == 1 and "Training" not in html  # no run, no loss curve
+    with pytest.raises(UserError, match="give a run to evaluate"):
+        evaluate.run(model=tiny_gguf, kb=None)
