@@ -20,7 +20,7 @@ pytest.importorskip("peft")
 
 from safetensors.torch import load_file  # noqa: E402
 
-from nomoat import basemodel, runs, training, trainset, tune  # noqa: E402
+from nomoat import basemodel, runs, training, trainset, tune, tunesettings  # noqa: E402
 from nomoat.cli import main  # noqa: E402
 from nomoat.config import TuneConfig  # noqa: E402
 from nomoat.errors import UserError  # noqa: E402
@@ -144,7 +144,7 @@ def test_loss_falls_on_a_memorisable_set(dataset: Path, tiny_gguf: Path, tmp_pat
 def test_only_lora_weights_change(dataset: Path, tiny_gguf: Path, tmp_path: Path) -> None:
     import torch
 
-    settings = tune._new_settings(dataset, str(tiny_gguf), None, 5, None, None, {"lr": 1e-2, "rank": 4}, 1)
+    settings = tunesettings.new(dataset, str(tiny_gguf), None, 5, None, None, {"lr": 1e-2, "rank": 4}, 1)
     settings["tune"]["precision"] = "fp32"
     session = tune._Session.start(settings, tmp_path, training.Dist(), False, False, tune._now())
     before = {n: p.detach().clone() for n, p in session.model.named_parameters()}
