@@ -6,6 +6,7 @@ answers). Plain generation holds the model's lock itself; :func:`nomoat.rag.ask`
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -15,22 +16,33 @@ from nomoat.config import GenerationConfig
 Emit = Callable[[str], None]
 
 
-def _drain(generation: Any, emit: Emit, stop: threading.Event) -> dict[str, Any]:
+def _stoppable(generation: Any, stop: threading.Event) -> Iterator[str]:
+    """The generation's pieces until ``stop`` is set; closing its generator ends llama.cpp's sampling loop."""
     pieces = iter(generation)
     try:
         for piece in pieces:
-            emit(piece)
+            yield piece
             if stop.is_set():
                 break
     finally:
         close = getattr(pieces, "close", None)
-        if close is not None:  # ends llama.cpp's sampling loop (runtime closes its token generator)
+        if close is not None:
             close()
+
+
+def _usage(generation: Any) -> dict[str, Any]:
     return {
         "prompt_tokens": generation.prompt_tokens,
         "completion_tokens": generation.completion_tokens,
         "finish_reason": generation.finish_reason or "stop",
     }
+
+
+def _drain(generation: Any, emit: Emit, stop: threading.Event) -> dict[str, Any]:
+    with contextlib.closing(_stoppable(generation, stop)) as pieces:
+        for piece in pieces:
+            emit(piece)
+    return _usage(generation)
 
 
 def chat(model: Any, messages: list[dict[str, str]], gen: GenerationConfig) -> Callable[[Emit, threading.Event], Any]:
@@ -64,17 +76,11 @@ class _Counted:
         return self._pieces(self._model.chat(messages, gen, **kw))
 
     def _pieces(self, generation: Any) -> Iterator[str]:
-        pieces = iter(generation)
         try:
-            for piece in pieces:
-                yield piece
-                if self._stop.is_set():
-                    break
+            yield from _stoppable(generation, self._stop)
         finally:
-            if hasattr(pieces, "close"):
-                pieces.close()
-            self.usage["prompt_tokens"] += generation.prompt_tokens
-            self.usage["completion_tokens"] += generation.completion_tokens
+            for key in ("prompt_tokens", "completion_tokens"):
+                self.usage[key] += getattr(generation, key)
             self.usage["finish_reason"] = generation.finish_reason or "stop"
 
 
@@ -91,36 +97,15 @@ def grounded(
 
     question = messages[-1]["content"]
     history = [m for m in messages[:-1] if m["role"] in ("user", "assistant")]
-    if retrieve is None:
-        from nomoat.retrieval import search as retrieve
 
     def work(emit: Emit, stop: threading.Event) -> dict[str, Any]:
         counted = _Counted(model, stop)
-        hits: list[dict[str, Any]] = []
-
-        def recorded(*args: Any, **kw: Any) -> list[dict[str, Any]]:
-            found = retrieve(*args, **kw)
-            hits.extend(found)
-            return found
-
-        result = rag.ask(question, kb, model=counted, history=history, gen=gen, retrieve=recorded)
-        emit(result["answer"])
-        citations = [_with_chunk_id(c, hits) for c in result["citations"]]
-        extra = {"kb": kb, "grounded": result["grounded"], "mode": result["mode"], "citations": citations}
+        result = rag.ask(question, kb, model=counted, history=history, gen=gen, retrieve=retrieve)
+        emit(result["answer"])  # citations carry their chunk_id: the UI opens the cited chunk by it
+        extra = {"kb": kb, "grounded": result["grounded"], "mode": result["mode"], "citations": result["citations"]}
         return {**counted.usage, "nomoat": extra}
 
     return work
-
-
-def _with_chunk_id(citation: dict[str, Any], hits: list[dict[str, Any]]) -> dict[str, Any]:
-    """The citation with the id of the chunk it quotes (the UI opens it by id), found among the hits."""
-    if citation.get("chunk_id") is not None:
-        return citation
-    for hit in hits:
-        same = (hit.get("path"), hit.get("location")) == (citation["path"], citation["location"])
-        if same and citation["quote"] in hit.get("text", "") and hit.get("chunk_id") is not None:
-            return {**citation, "chunk_id": hit["chunk_id"]}
-    return citation
 
 
 def embed(embedder: Any, texts: list[str]) -> Callable[[Emit, threading.Event], Any]:
