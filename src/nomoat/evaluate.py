@@ -252,11 +252,8 @@ def held_out_text(questions: Sequence[dict[str, Any]], kb: str | None) -> tuple[
 
     paths = sorted({q["source"] for q in questions if q.get("source")})
     if kb is not None and paths:
-        conn = store.open_kb(kb, create=False)
-        try:
+        with contextlib.closing(store.open_kb(kb, create=False)) as conn:
             chunks = store.chunks_of(conn, paths)
-        finally:
-            conn.close()
         if chunks:
             return "\n\n".join(chunks), f"{len(chunks)} chunks of {len(paths)} held-out documents"
     return "\n\n".join(q["answer"] for q in questions), f"the {len(questions)} reference answers"
@@ -322,8 +319,9 @@ def run(
         raise UserError(f"run {run_dir.name if run_dir else ''} has no held-out questions left to ask")
     _check_kb(kb)
     refs = _models(run_dir, model)
-    result = _evaluate(asked, refs, kb, seed, report_path.with_suffix(".cache.jsonl"), progress)
-    result["perplexity_text"] = held_out_text(held_out or asked, kb)[1]
+    text, described = held_out_text(asked, kb)
+    result = _evaluate(asked, refs, kb, text, seed, report_path.with_suffix(".cache.jsonl"), progress)
+    result["perplexity_text"] = described
     result |= {"run": str(run_dir) if run_dir else None, "kb": kb, "leaked": len(flagged), "seed": seed,
                "models": {n: str(r.path) for n, r in refs.items()}, "report": str(report_path),
                "json": str(report_path.with_suffix(".json"))}  # fmt: skip
@@ -352,9 +350,9 @@ def _models(run_dir: Path | None, model: str | Path | None) -> dict[str, Any]:
     return {"base": models.resolve(base), "tuned": models.resolve(model if model is not None else run_dir)}
 
 
-def _evaluate(asked: list[dict[str, Any]], refs: dict[str, Any], kb: str | None, seed: int, cache_path: Path,
-              progress: bool) -> dict[str, Any]:  # fmt: skip
-    """Load the models, ask through the answer cache, add each model's held-out perplexity to its rows."""
+def _evaluate(asked: list[dict[str, Any]], refs: dict[str, Any], kb: str | None, text: str, seed: int,
+              cache_path: Path, progress: bool) -> dict[str, Any]:  # fmt: skip
+    """Load the models, ask through the answer cache, add each model's perplexity of ``text`` to its rows."""
     from nomoat import runtime, store
     from nomoat.config import GenerationConfig
 
@@ -362,11 +360,8 @@ def _evaluate(asked: list[dict[str, Any]], refs: dict[str, Any], kb: str | None,
     loaded = {name: runtime.load(ref) for name, ref in refs.items()}
     kb_state = ""
     if kb is not None:
-        conn = store.open_kb(kb, create=False)
-        try:
+        with contextlib.closing(store.open_kb(kb, create=False)) as conn:
             kb_state = store.state(conn)
-        finally:
-            conn.close()
     identities = {}
     for name, ref in refs.items():
         stat = ref.path.stat()
@@ -374,16 +369,12 @@ def _evaluate(asked: list[dict[str, Any]], refs: dict[str, Any], kb: str | None,
         identities |= {name: model_id, f"{name}+RAG": f"{model_id}:{kb}:{kb_state}"}
 
     def chunk_texts(ids: list[int]) -> dict[int, str]:
-        conn = store.open_kb(kb, create=False)  # type: ignore[arg-type]
-        try:
+        with contextlib.closing(store.open_kb(kb, create=False)) as conn:  # type: ignore[arg-type]
             return {i: row["text"] for i, row in store.get_chunks(conn, ids).items()}
-        finally:
-            conn.close()
 
     cache = AnswerCache(cache_path, identities)
     result = score(asked, answerers(loaded, kb, greedy), seed=seed, progress=progress, cache=cache,
                    chunk_texts=chunk_texts if kb is not None else None)  # fmt: skip
-    text = held_out_text(asked, kb)[0]
     for name, model in loaded.items():
         ppl = perplexity(model, text)
         for row in (name, f"{name}+RAG"):
