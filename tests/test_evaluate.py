@@ -256,9 +256,9 @@ def test_eval_refuses_questions_that_are_all_from_training(exported_run, tmp_pat
 
 
 def test_gains_are_paired_differences_with_a_verdict() -> None:
-    questions = [{"question": f"q{i}", "answer": "yes"} for i in range(20)]
     answers = {"base": ["no"] * 20, "tuned": ["yes"] * 15 + ["no"] * 5, "base+RAG": ["no"] * 19 + ["yes"]}
-    got = scoring.gains(questions, answers, seed=1)
+    f1 = {name: [scoring.token_f1(a, "yes") for a in got] for name, got in answers.items()}  # every reference: "yes"
+    got = scoring.gains(f1, seed=1)
     assert set(got) == {"tuned vs base", "base+RAG vs base"}
     assert got["tuned vs base"][0] == pytest.approx(0.75) and scoring.verdict(got["tuned vs base"]) == "better"
     assert scoring.verdict(got["base+RAG vs base"]) == "no clear difference"  # one question of 20

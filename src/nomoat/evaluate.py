@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import random
 import time
@@ -55,8 +56,6 @@ def questions_from_run(run_dir: Path, require_eval: bool = True) -> tuple[list[d
 
 def read_questions(path: str | Path) -> list[dict[str, Any]]:
     """A user's question file: JSONL of ``{"question", "answer"[, "source"]}``; bad lines named by number."""
-    import json
-
     try:
         lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -96,8 +95,6 @@ class AnswerCache:
         self.path, self.identities, self.hits = path, identities, 0
         self.entries: dict[str, dict[str, Any]] = {}
         if path is not None and path.exists():
-            import json
-
             for line in path.read_text(encoding="utf-8").splitlines():
                 with contextlib.suppress(ValueError, KeyError, TypeError):  # a torn last line from a crash
                     entry = json.loads(line)
@@ -120,8 +117,6 @@ class AnswerCache:
         return entry
 
     def _append(self, entry: dict[str, Any]) -> None:
-        import json
-
         with open(self.path, "a+b") as f:  # type: ignore[arg-type]
             if f.tell() and (f.seek(-1, 2), f.read(1))[1] != b"\n":  # a torn line: do not glue onto it
                 f.write(b"\n")
@@ -148,6 +143,7 @@ def score(
     cache = cache or AnswerCache(None, {})
     table: dict[str, Any] = {}
     answers: dict[str, list[str]] = {}
+    f1: dict[str, list[float]] = {}
     bar = tqdm(total=len(answerers) * (len(questions) + len(unanswerable)), unit="answer", desc="eval",
                disable=not progress, dynamic_ncols=True)  # fmt: skip
     for name, ask in answerers.items():
@@ -159,11 +155,12 @@ def score(
         got, declined = got[: len(questions)], [float(abstained(g["answer"])) for g in got[len(questions) :]]
         texts = [g["answer"] for g in got]
         pairs = list(zip(texts, questions, strict=True))
+        f1[name] = [token_f1(a, q["answer"]) for a, q in pairs]
         cited = [_cites_answer(g, q["answer"], chunk_texts) for g, q in zip(got, questions, strict=True)
                  if g["citations"] and not abstained(g["answer"])]  # fmt: skip
         seconds = sorted(g["seconds"] for g in got)
         table[name] = {
-            "f1": bootstrap_ci([token_f1(a, q["answer"]) for a, q in pairs], seed=seed),
+            "f1": bootstrap_ci(f1[name], seed=seed),
             "contains": bootstrap_ci([float(contains(a, q["answer"])) for a, q in pairs], seed=seed),
             "citation_accuracy": bootstrap_ci(cited, seed=seed),
             "cited_answers": len(cited),
@@ -175,7 +172,7 @@ def score(
         answers[name] = texts
     bar.close()
     return {"questions": len(questions), "unanswerable": len(unanswerable), "table": table,
-            "gains": gains(questions, answers, seed), "disagreements": _disagreements(questions, answers),
+            "gains": gains(f1, seed), "disagreements": _disagreements(questions, answers, f1),
             "cached": cache.hits}  # fmt: skip
 
 
@@ -190,11 +187,12 @@ def _quantile(values: Sequence[float], q: float) -> float | None:
     return values[min(len(values) - 1, int(q * len(values)))] if values else None
 
 
-def _disagreements(questions: Sequence[dict[str, Any]], answers: dict[str, list[str]], most: int = 5) -> list:
+def _disagreements(questions: Sequence[dict[str, Any]], answers: dict[str, list[str]], f1: dict[str, list[float]],
+                   most: int = 5) -> list:  # fmt: skip
     """Questions where the configurations' F1 differ most: the examples worth reading."""
     rows = []
-    for i, q in enumerate(questions):
-        f1s = {name: token_f1(got[i], q["answer"]) for name, got in answers.items()}
+    for i in range(len(questions)):
+        f1s = {name: scores[i] for name, scores in f1.items()}
         rows.append((max(f1s.values()) - min(f1s.values()), i, f1s))
     rows.sort(key=lambda r: (-r[0], r[1]))
     return [{**questions[i], "answers": {n: answers[n][i] for n in answers}, "f1": f1s}

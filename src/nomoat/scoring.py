@@ -95,10 +95,10 @@ def leaked(questions: Iterable[dict[str, Any]], training_sources: set[str], trai
 GAINS = (("tuned", "base"), ("base+RAG", "base"), ("tuned+RAG", "base+RAG"))
 
 
-def gains(questions: Sequence[dict[str, Any]], answers: dict[str, list[str]], seed: int = 0) -> dict[str, Any]:
-    """Token F1 differences on the same questions, ``{"A vs B": (mean, low, high)}``: a paired bootstrap, which is
-    tighter than comparing two separate intervals because each question's difficulty cancels out."""
-    f1 = {n: [token_f1(a, q["answer"]) for a, q in zip(got, questions, strict=True)] for n, got in answers.items()}
+def gains(f1: dict[str, list[float]], seed: int = 0) -> dict[str, Any]:
+    """Differences of per-question token F1 (``{configuration: [F1 per question]}``, the same questions in the
+    same order) as ``{"A vs B": (mean, low, high)}``: a paired bootstrap, which is tighter than comparing two
+    separate intervals because each question's difficulty cancels out."""
     return {f"{a} vs {b}": bootstrap_ci([x - y for x, y in zip(f1[a], f1[b], strict=True)], seed=seed)
             for a, b in GAINS if a in f1 and b in f1}  # fmt: skip
 
