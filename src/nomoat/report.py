@@ -129,11 +129,11 @@ def _scores_figure(result: dict[str, Any]) -> Any:
     fig, axes = plt.subplots(1, len(PANELS), figsize=(2.3 * len(PANELS), 2.9), constrained_layout=True)
     for ax, (key, title) in zip(axes, PANELS, strict=True):
         values = [result["table"][n].get(key) for n in names]
-        means = [_mean(v) for v in values]
-        errors = [[m - v[1] if isinstance(v, Sequence) else 0 for m, v in zip(means, values, strict=True)],
-                  [v[2] - m if isinstance(v, Sequence) else 0 for m, v in zip(means, values, strict=True)]]  # fmt: skip
+        bars = [_interval(v) for v in values]
+        errors = [[mean - low for mean, low, _ in bars], [high - mean for mean, _, high in bars]]
         colours = [COLOURS.get(n, "#888") for n in names]
-        ax.bar(range(len(names)), means, yerr=errors, color=colours, capsize=3, error_kw={"elinewidth": 1})
+        ax.bar(range(len(names)), [b[0] for b in bars], yerr=errors, color=colours, capsize=3,
+               error_kw={"elinewidth": 1})  # fmt: skip
         for i, v in enumerate(values):
             if v is None:
                 ax.text(i, 0, "n/a", ha="center", va="bottom", fontsize=7, color="#777")
@@ -146,10 +146,13 @@ def _scores_figure(result: dict[str, Any]) -> Any:
     return fig
 
 
-def _mean(value: Any) -> float:
+def _interval(value: Any) -> tuple[float, float, float]:
+    """(mean, low, high) of a table cell: an interval, a plain number (perplexity), or None (drawn as 0)."""
     if value is None:
-        return 0.0
-    return float(value[0]) if isinstance(value, Sequence) else float(value)
+        return (0.0, 0.0, 0.0)
+    if isinstance(value, Sequence):
+        return (float(value[0]), float(value[1]), float(value[2]))
+    return (float(value),) * 3
 
 
 def _loss_figure(metrics: Sequence[dict[str, Any]]) -> Any:
