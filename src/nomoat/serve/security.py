@@ -15,6 +15,8 @@ Everything here is a plain ASGI middleware (no FastAPI import), so it also guard
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -32,6 +34,11 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 OPEN_PATHS = ("/", "/app.js", "/health")
+# A refused body is read and dropped (never kept) up to these bounds before the 413 goes out: closing a
+# connection with unread upload data makes the kernel reset it, and the client then sees "connection reset"
+# instead of the 413 (the lingering close of nginx and Apache). Bigger or slower uploads are just cut off.
+DRAIN_BYTES = 256 * 2**20
+DRAIN_SECONDS = 5.0
 """Served without the API key: the UI page (it asks for the key) and a liveness probe. No data in either."""
 
 
@@ -98,6 +105,20 @@ async def send_error(send: Send, status: int, message: str, kind: str, headers: 
     await send({"type": "http.response.body", "body": body})
 
 
+async def discard_body(receive: Receive) -> None:
+    """Read and drop the rest of a request body, at most DRAIN_BYTES for at most DRAIN_SECONDS."""
+    drained = 0
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            while drained <= DRAIN_BYTES:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                drained += len(message.get("body", b""))
+                if not message.get("more_body"):
+                    return
+
+
 class Guard:
     """ASGI middleware, outermost: Host and Origin checks, the API key, and the body size limit."""
 
@@ -126,6 +147,8 @@ class Guard:
             return
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_body:
+            if int(declared) <= DRAIN_BYTES:
+                await discard_body(receive)
             await send_error(send, 413, self._too_large(), "invalid_request_error", [("connection", "close")])
             return
         await self._with_counted_body(scope, receive, send)
@@ -162,6 +185,8 @@ class Guard:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body:
+                    if message.get("more_body"):
+                        await discard_body(receive)
                     raise BodyTooLarge(self._too_large())
             return message
 
