@@ -111,7 +111,7 @@ def sentence_transformers(bf16: bool = False) -> Embed:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from nomoat.embeddings import minilm_dir
+    from nomoat.kb.embeddings import minilm_dir
 
     model = SentenceTransformer(str(minilm_dir()), device="cpu")
 
@@ -125,7 +125,7 @@ def sentence_transformers(bf16: bool = False) -> Embed:
 
 
 def onnx_fp32() -> Embed:
-    from nomoat.embeddings import OnnxEmbedder, build_onnx, minilm_dir
+    from nomoat.kb.embeddings import OnnxEmbedder, build_onnx, minilm_dir
 
     path = CACHE / "minilm-fp32.onnx"
     if not path.exists():
@@ -137,7 +137,7 @@ def nomoat_default(cold: bool) -> Callable[[], Embed]:
     def setup() -> Embed:
         if cold:
             os.environ["NOMOAT_HOME"] = tempfile.mkdtemp(prefix="nomoat-bench-")
-        from nomoat.embeddings import default_embedder
+        from nomoat.kb.embeddings import default_embedder
 
         return default_embedder().embed
 
@@ -150,7 +150,7 @@ def static_distilled(dims: int = 256) -> Embed:
     Zipf/SIF weights by vocabulary rank (model2vec's defaults); a text is the mean of its tokens' rows."""
     from tokenizers import Tokenizer
 
-    from nomoat.embeddings import minilm_dir
+    from nomoat.kb.embeddings import minilm_dir
 
     tok = Tokenizer.from_file(str(minilm_dir() / "tokenizer.json"))
     tok.no_padding()

@@ -59,7 +59,7 @@ def main() -> None:
     report.with_suffix(".cache.jsonl").rename(report.with_suffix(".first-cache.jsonl"))
     second = nomoat(*eval_args)  # no cache: every answer generated again
 
-    from nomoat.evaluate import format_table
+    from nomoat.evaluation.report import format_table
 
     print("\n" + format_table(first))
     table = first["table"]

@@ -23,8 +23,8 @@ QUESTION = "What does the --soft option of git reset do?"
 
 def chat_once(path: Path) -> tuple[str, str]:
     """One greedy answer from the exported file through llama.cpp and its own chat template."""
-    from nomoat import runtime
     from nomoat.config import GenerationConfig
+    from nomoat.llm import runtime
 
     greedy = GenerationConfig(temperature=0, max_tokens=128)
     generation = runtime.load(path).chat([{"role": "user", "content": QUESTION}], greedy)
@@ -39,8 +39,8 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("NOMOAT_HOME", str(HERE / ".cache" / "nomoat-home"))
-    from nomoat import export
     from nomoat.errors import UserError
+    from nomoat.exporting import export
 
     out = Path(tempfile.mkdtemp(prefix="nomoat-bench-export-"))
     rows, answers = [], []

@@ -14,8 +14,8 @@ import argparse
 import statistics
 import time
 
-from nomoat import runtime
 from nomoat.config import GenerationConfig, RuntimeConfig
+from nomoat.llm import runtime
 
 PROMPT = (
     "You are reading the manual of a version control system. "

@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     args = ap.parse_args()
 
-    from nomoat.models import bundled_path
+    from nomoat.llm.models import bundled_path
 
     tmp = Path(tempfile.mkdtemp(prefix="nomoat-bench-"))
     sites = {}

@@ -70,7 +70,7 @@ def pct(values: list[float], q: float) -> float:
 
 # -- ingest ----------------------------------------------------------------------------------------------------------
 def bench_ingest(corpus: Path, kb: str, baseline_sample: int) -> list[str]:
-    from nomoat import ingest, store
+    from nomoat.kb import ingest, store
 
     t = time.perf_counter()
     first = ingest.run([corpus], kb, progress=True)
@@ -112,7 +112,7 @@ def bench_ingest(corpus: Path, kb: str, baseline_sample: int) -> list[str]:
 def _baseline_rate(texts: list[str]) -> float:
     from sentence_transformers import SentenceTransformer
 
-    from nomoat.embeddings import minilm_dir
+    from nomoat.kb.embeddings import minilm_dir
 
     model = SentenceTransformer(str(minilm_dir()), device="cpu")
     model.encode(texts[:32], batch_size=32)  # warm-up
@@ -122,7 +122,7 @@ def _baseline_rate(texts: list[str]) -> float:
 
 
 def _search(query: str, kb: str, k: int) -> list[dict]:
-    from nomoat import retrieval
+    from nomoat.kb import retrieval
 
     return retrieval.search(query, kb=kb, k=k)
 
@@ -131,8 +131,8 @@ def _search(query: str, kb: str, k: int) -> list[dict]:
 def bench_quality(kb: str, questions: list[dict]) -> None:
     from rank_bm25 import BM25Okapi
 
-    from nomoat import retrieval, store
-    from nomoat.embeddings import load_embedder
+    from nomoat.kb import retrieval, store
+    from nomoat.kb.embeddings import load_embedder
 
     conn = store.open_kb(kb, create=False)
     rows = conn.execute("SELECT c.id, c.text, d.path FROM chunks c JOIN documents d ON d.id = c.doc_id").fetchall()
@@ -174,8 +174,8 @@ def bench_quality(kb: str, questions: list[dict]) -> None:
 
 # -- scale -----------------------------------------------------------------------------------------------------------
 def bench_scale(texts: list[str], n: int, questions: list[dict]) -> None:
-    from nomoat import store
-    from nomoat.embeddings import DEFAULT_NAME
+    from nomoat.kb import store
+    from nomoat.kb.embeddings import DEFAULT_NAME
 
     kb = "scale"
     rng = random.Random(0)
@@ -214,7 +214,9 @@ class _Chunk:
 
 # -- answers ---------------------------------------------------------------------------------------------------------
 def bench_answers(kb: str, questions: list[dict]) -> None:
-    from nomoat import chat, rag, runtime, store
+    from nomoat.answer import chat, rag
+    from nomoat.kb import store
+    from nomoat.llm import runtime
 
     llm = runtime.load("default")
     conn = store.open_kb(kb, create=False)
@@ -302,8 +304,8 @@ def main() -> None:
 
     home = CACHE / "nomoat-home"  # kept between runs: the embedder export is cached there
     os.environ["NOMOAT_HOME"] = str(home)
-    from nomoat import store
-    from nomoat.embeddings import default_embedder
+    from nomoat.kb import catalog, store
+    from nomoat.kb.embeddings import default_embedder
 
     default_embedder()  # one-off ONNX export outside every timing
     questions = [json.loads(line) for line in QUESTIONS.read_text().splitlines() if line.strip()]
@@ -315,7 +317,7 @@ def main() -> None:
         if "ingest" in parts or not (home / "kb" / f"{kb}.sqlite").exists():
             for name in (kb, "scale"):
                 if (home / "kb" / f"{name}.sqlite").exists():
-                    store.remove_kb(name)
+                    catalog.remove_kb(name)
             texts = bench_ingest(corpus, kb, args.baseline_sample)
         else:
             conn = store.open_kb(kb, create=False)
@@ -325,7 +327,7 @@ def main() -> None:
             bench_quality(kb, answerable)
         if "scale" in parts:
             if (home / "kb" / "scale.sqlite").exists():
-                store.remove_kb("scale")
+                catalog.remove_kb("scale")
             bench_scale(texts, args.scale, answerable)
         if "calibration" in parts or "answers" in parts:
             calibration(kb, questions)

@@ -62,7 +62,7 @@ def subset(src: Path, dest: Path, rows: int, seed: int = 0) -> Path:
 
 
 def run_nomoat(data: Path, out: Path, args: argparse.Namespace) -> dict:
-    from nomoat import runs, tune
+    from nomoat.finetune import runs, tune
 
     tune.run(data, output=out, steps=args.steps, rank=args.rank, batch_size=args.batch_size, lr=args.lr,
              max_length=args.max_length, progress=True)  # fmt: skip
@@ -77,7 +77,7 @@ def run_baseline(data: Path, out: Path, args: argparse.Namespace) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
-    from nomoat import basemodel, trainset
+    from nomoat.finetune import basemodel, trainset
 
     base = basemodel.load("default")
     encoder = trainset.ChatEncoder(base.tokenizer, base.chat_template)
@@ -120,8 +120,8 @@ def eval_losses(adapters: dict[str, Path], eval_path: Path, args: argparse.Names
     import torch
     from peft import PeftModel
 
-    from nomoat import basemodel, training, trainset
     from nomoat.config import TuneConfig
+    from nomoat.finetune import basemodel, training, trainset
 
     base = basemodel.load("default")
     encoder = trainset.ChatEncoder(base.tokenizer, base.chat_template)
@@ -143,8 +143,8 @@ def ablation(data: Path, args: argparse.Namespace, batches: int = 8) -> None:
     """What each of nomoat's choices is worth: train tokens/s on the same batches, one change at a time."""
     import torch
 
-    from nomoat import basemodel, training, trainset
     from nomoat.config import TuneConfig
+    from nomoat.finetune import basemodel, training, trainset
 
     config = TuneConfig(rank=args.rank, batch_size=args.batch_size)
     base = basemodel.load("default")

@@ -70,10 +70,12 @@ class FakeChatModel:
         self.name, self.n_ctx = name, n_ctx
         self.lock = threading.Lock()
         self.calls: list[list[dict[str, str]]] = []
+        self.gens: list[Any] = []  # the sampling settings of each call
 
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
         return [len(t) for t in re.findall(r"\w+|[^\w\s]", text)]
 
     def chat(self, messages: Sequence[dict[str, str]], gen: Any = None, *, on_notice: Any = None) -> FakeGeneration:
         self.calls.append([dict(m) for m in messages])
+        self.gens.append(gen)
         return FakeGeneration(self.answers.pop(0) if self.answers else "")

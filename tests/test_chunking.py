@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from hostile_files import HTML, make_docx, make_pdf
-from nomoat.chunking import CHARS_PER_TOKEN, Chunk, chunk, estimate_tokens
-from nomoat.readers import Extracted, read_file
+from nomoat.kb.chunking import CHARS_PER_TOKEN, Chunk, chunk, estimate_tokens
+from nomoat.kb.readers import Extracted, read_file
 
 LINE_KINDS = ("text", "markdown", "rst", "code", "csv", "json")
 
@@ -221,7 +221,7 @@ def test_chunking_is_linear(unit: str, kind: str) -> None:
 
 
 def test_embedding_text_heads_a_chunk_with_file_title_and_heading_once() -> None:
-    from nomoat.chunking import embedding_text
+    from nomoat.kb.chunking import embedding_text
 
     html = embedding_text("/d/git-stash.html", "git-stash(1)", "git-stash(1) Manual Page > NAME", "body")
     assert html == "git-stash > git-stash(1) Manual Page > NAME\nbody"  # the title is inside the heading

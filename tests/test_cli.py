@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from nomoat import chat, cli
+from nomoat import cli
+from nomoat.answer import chat
 from nomoat.config import GenerationConfig, RuntimeConfig
 
 
@@ -80,7 +81,7 @@ OFFICE_MD = (
 @pytest.fixture
 def office_kb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     from fakes import FakeEmbedder
-    from nomoat import ingest, retrieval
+    from nomoat.kb import ingest, retrieval
 
     docs = tmp_path / "docs"
     docs.mkdir()

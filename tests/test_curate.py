@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 
 from fakes import FakeChatModel, FakeEmbedder
-from nomoat import cli, curate, ingest
+from nomoat import cli
 from nomoat.config import CurateConfig, parse_duration
+from nomoat.dataset import curate, filters
+from nomoat.dataset.extract import Pair, extract_pairs
 from nomoat.errors import UserError
-from nomoat.extract import Pair, extract_pairs
+from nomoat.kb import ingest
 
 CFG = CurateConfig()
 
@@ -31,7 +33,7 @@ CFG = CurateConfig()
     ],
 )
 def test_skip_reason(text: str, reason: str | None) -> None:
-    assert curate.skip_reason(text, CFG) == reason
+    assert filters.skip_reason(text, CFG) == reason
 
 
 # -- extractive generators --------------------------------------------------------------------------------------
@@ -98,7 +100,7 @@ CHUNK = "The deploy takes about 7 minutes. Run make deploy ENV=prod from the rel
     ],
 )
 def test_grounding(question: str, answer: str, problem: str | None) -> None:
-    assert curate.grounding_problem(Pair(question, answer, "t"), CHUNK, CFG) == problem
+    assert filters.grounding_problem(Pair(question, answer, "t"), CHUNK, CFG) == problem
 
 
 @pytest.mark.parametrize(
@@ -130,7 +132,7 @@ def test_grounding(question: str, answer: str, problem: str | None) -> None:
     ],
 )
 def test_quality(question: str, answer: str, problem: str | None) -> None:
-    assert curate.quality_problem(Pair(question, answer, "t"), CFG) == problem
+    assert filters.quality_problem(Pair(question, answer, "t"), CFG) == problem
 
 
 def _row(q: str, a: str, source: str = "/d/a.md") -> dict:
@@ -146,16 +148,16 @@ def test_near_duplicates_keep_the_first() -> None:
         _row("How long does the deploy take ?", "The deploy takes about seven minutes on the build machine!"),
         _row("Where is the router?", "The router lives in room 3B next to the printer and the plants."),
     ]
-    assert curate.near_duplicates(rows, 0.8) == {1}
+    assert filters.near_duplicates(rows, 0.8) == {1}
 
 
 def test_split_never_shares_a_document_and_holds_out_about_the_fraction() -> None:
     rows = [_row(f"Question {i} about it?", f"Answer number {i} here.", f"/d/doc{i % 10}.md") for i in range(100)]
-    train, evals = curate.split_by_document(rows, 0.2)
+    train, evals = filters.split_by_document(rows, 0.2)
     assert len(train) + len(evals) == 100 and 10 <= len(evals) <= 20
     assert not {r["meta"]["source"] for r in train} & {r["meta"]["source"] for r in evals}
     single = [_row("Q one here?", "Answer one.", "/d/only.md")] * 3
-    assert curate.split_by_document(single, 0.5) == (single, [])
+    assert filters.split_by_document(single, 0.5) == (single, [])
 
 
 def test_leaking_eval_answers_are_found() -> None:
@@ -165,7 +167,7 @@ def test_leaking_eval_answers_are_found() -> None:
         _row("How often is a release branch cut?", shared + "!", "/d/a.txt"),
         _row("Q?", "Something else entirely."),
     ]
-    assert curate.leaking(evals, train) == {0}
+    assert filters.leaking(evals, train) == {0}
 
 
 def test_model_reply_parsing() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nomoat.datasets import detect_format, import_file, read_rows, stats, to_messages, write_rows
+from nomoat.dataset.formats import detect_format, import_file, read_rows, stats, to_messages, write_rows
 from nomoat.errors import UserError
 
 

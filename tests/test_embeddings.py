@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from fakes import FakeEmbedder
-from nomoat import embeddings
-from nomoat.embeddings import Embedder, OnnxEmbedder, build_onnx
 from nomoat.errors import UserError
+from nomoat.kb import embeddings
+from nomoat.kb.embeddings import Embedder, OnnxEmbedder, build_onnx
 
 TEXTS = [
     "How do I undo the last commit but keep my changes?",

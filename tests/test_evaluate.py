@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from nomoat import evaluate, rag, scoring
+from nomoat.answer import rag
 from nomoat.errors import UserError
+from nomoat.evaluation import evaluate, report, scoring
 
 
 def test_normalize_drops_case_punctuation_and_articles() -> None:
@@ -83,7 +84,7 @@ def test_score_gives_the_expected_table_for_known_answers() -> None:
     assert result["gains"] == {}  # neither "tuned" nor "base" here
     again = evaluate.score(QUESTIONS, {"oracle": oracle, "wrong": wrong}, unanswerable=["Who?", "What?"])
     assert again["table"]["oracle"]["f1"] == oracle_row["f1"]
-    table = evaluate.format_table(result)
+    table = report.format_table(result)
     assert "oracle" in table and "0.90" in table
 
 
@@ -176,7 +177,7 @@ def test_answer_cache_skips_what_was_generated_and_survives_a_torn_line(tmp_path
 
 
 def test_the_report_is_one_escaped_html_file_with_the_plots(tmp_path) -> None:
-    from nomoat import report
+    from nomoat.evaluation import report
 
     def parrot(q: str) -> str:
         return "<script>alert(1)</script>" if "France" in q else "7 minutes"
@@ -201,7 +202,8 @@ def exported_run(tmp_path_factory: pytest.TempPathFactory):
     import json
 
     pytest.importorskip("peft")
-    from nomoat import export, tune
+    from nomoat.exporting import export
+    from nomoat.finetune import tune
     from tiny_gguf import write_tiny_llama
 
     root = tmp_path_factory.mktemp("eval")

@@ -12,9 +12,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from nomoat import basemodel, export, models, runs, runtime, tune  # noqa: E402
 from nomoat.cli import main  # noqa: E402
 from nomoat.errors import UserError  # noqa: E402
+from nomoat.exporting import export  # noqa: E402
+from nomoat.finetune import basemodel, runs, tune  # noqa: E402
+from nomoat.llm import models, runtime  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +177,9 @@ def test_killing_an_export_midway_leaves_no_file_at_the_final_path(tuned: Path, 
     # while the HF folder is being filled.
     code = f"""
 import os, signal, sys
-from nomoat import export, runtime, runs
+from nomoat.exporting import export  # noqa: E402
+from nomoat.llm import runtime  # noqa: E402
+from nomoat.finetune import runs  # noqa: E402
 def die(*a, **k):
     os.kill(os.getpid(), signal.SIGKILL)
 if {stage!r} == "quantize":

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nomoat.errors import ModelError
-from nomoat.gguf_check import quantization, read_header
+from nomoat.llm.gguf_check import quantization, read_header
 from tiny_gguf import write_tiny_llama
 
 

@@ -15,9 +15,9 @@ import pytest
 
 import nomoat
 from fakes import FakeEmbedder
-from nomoat import ingest, store
 from nomoat.config import IngestConfig
 from nomoat.errors import UserError
+from nomoat.kb import catalog, ingest, store
 
 TESTS = Path(__file__).resolve().parent
 
@@ -175,7 +175,7 @@ def test_failed_files_are_recorded_and_the_batch_goes_on(tmp_path, monkeypatch):
     monkeypatch.setattr(ingest, "read_file", lambda path, **kw: pytest.fail(f"re-read {path}"))
     again = _run(root, config=IngestConfig(file_timeout_s=0.3, max_file_bytes=4000))
     assert {Path(f["path"]).name: f["error"] for f in again["failed"]} == reasons
-    info = store.kb_info("t")
+    info = catalog.kb_info("t")
     assert info["documents"] == 1 and len(info["failed"]) == 3
 
 
@@ -257,8 +257,8 @@ def test_package_level_call_and_string_path(tmp_path):
 _CHILD = """
 import json, os, sys, time
 from fakes import FakeEmbedder
-import nomoat.ingest
-from nomoat import store
+import nomoat.kb.ingest
+from nomoat.kb import store
 from nomoat.config import IngestConfig
 
 class Logged(FakeEmbedder):
@@ -277,7 +277,7 @@ store.put_vectors = slow_put_vectors
 
 print("ready", flush=True)
 config = IngestConfig(embed_batch=8)
-result = nomoat.ingest.run([sys.argv[1]], "crash", embedder=Logged(), progress=False, config=config)
+result = nomoat.kb.ingest.run([sys.argv[1]], "crash", embedder=Logged(), progress=False, config=config)
 print(json.dumps(result))
 """
 

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from nomoat import cli, models
+from nomoat import cli
 from nomoat.errors import ModelError
+from nomoat.llm import models
 
 
 def test_default_resolves_to_bundled_gguf_without_importing_its_package() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nomoat.pii import scrub
+from nomoat.dataset.pii import scrub
 
 
 @pytest.mark.parametrize(

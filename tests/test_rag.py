@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 
 from fakes import FakeChatModel, FakeEmbedder
-from nomoat import citations, ingest, rag, retrieval
+from nomoat.answer import citations, rag
 from nomoat.config import GenerationConfig, RagConfig, RuntimeConfig
 from nomoat.errors import UserError
+from nomoat.kb import ingest, retrieval
+from nomoat.text import facts, occurs, sentences
 
 CONFIG_MD = (
     "The server listens on port 8080 by default. Set `server.port` in nomoat.toml to change it.\n"
@@ -195,7 +197,7 @@ def test_sentences_keep_flags_code_and_dotted_names_whole() -> None:
         "--soft\n    Does not touch the index file (see git.config). Keeps e.g. staged files.\n"
         "Example:\n$ git reset --soft HEAD~1\nThen push."
     )
-    assert [text[a:b] for a, b in citations.sentences(text)] == [
+    assert [text[a:b] for a, b in sentences(text)] == [
         "--soft\n    Does not touch the index file (see git.config).",
         "Keeps e.g. staged files.",
         "Example:",
@@ -206,7 +208,7 @@ def test_sentences_keep_flags_code_and_dotted_names_whole() -> None:
 
 def test_facts_and_their_matching() -> None:
     answer = 'Run `git reset --soft HEAD~1` or set push_timeout to 30 in core.editor via maxRetries and "main branch".'
-    assert citations.facts(answer) == [
+    assert facts(answer) == [
         "git reset --soft HEAD~1",
         "main branch",
         "push_timeout",
@@ -214,10 +216,10 @@ def test_facts_and_their_matching() -> None:
         "maxRetries",
         "30",
     ]
-    assert citations.occurs("8080", "port 8,080.") and not citations.occurs("80", "port 8080")
-    assert citations.occurs("--soft", "use --soft.") and not citations.occurs("--soft", "use --softer")
-    assert citations.occurs("main branch", "the Main\n  branch")
-    assert citations.facts("see git-log(1) for port 80") == ["git-log(1)", "80"]  # a man page name, not a "1"
+    assert occurs("8080", "port 8,080.") and not occurs("80", "port 8080")
+    assert occurs("--soft", "use --soft.") and not occurs("--soft", "use --softer")
+    assert occurs("main branch", "the Main\n  branch")
+    assert facts("see git-log(1) for port 80") == ["git-log(1)", "80"]  # a man page name, not a "1"
 
 
 # -- abstention -----------------------------------------------------------------------------------------------
@@ -273,7 +275,7 @@ def test_injected_document_stays_data_and_its_answer_fails_the_check(answer: str
 
 
 def test_injected_control_tokens_are_plain_text_for_a_real_tokenizer(tiny_gguf: Path) -> None:
-    from nomoat import runtime
+    from nomoat.llm import runtime
 
     messages, _ = rag.build_prompt(
         "What port?", [hit("evil.md", EVIL_MD)], FakeChatModel(), GenerationConfig(), RagConfig(), None
@@ -360,8 +362,8 @@ def test_bad_arguments_are_user_errors() -> None:
         rag.ask("q", k=0, model=FakeChatModel(), retrieve=FakeRetrieve())
 
 
-def test_ask_is_exposed_as_a_callable_module() -> None:
-    result = rag("What port?", model=FakeChatModel("Port 8080 [1]."), retrieve=FakeRetrieve(hit("c.md", CONFIG_MD)))
+def test_ask_defaults_to_the_default_knowledge_base() -> None:
+    result = rag.ask("What port?", model=FakeChatModel("Port 8080 [1]."), retrieve=FakeRetrieve(hit("c.md", CONFIG_MD)))
     assert result["answer"] == "Port 8080 [1]."
 
 

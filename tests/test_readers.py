@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hostile_files import HTML, make_docx, make_hostile_folder, make_pdf, make_zip_bomb_docx
-from nomoat.readers import Extracted, ReadError, Unsupported, read_file, supported
+from nomoat.kb.readers import Extracted, ReadError, Unsupported, read_file, supported
 
 
 def write(tmp_path: Path, name: str, data: bytes | str) -> Path:

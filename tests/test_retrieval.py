@@ -10,10 +10,10 @@ import pytest
 
 import nomoat
 from fakes import FakeEmbedder
-from nomoat import ingest, retrieval, store
-from nomoat.chunking import embedding_text
 from nomoat.config import SearchConfig
 from nomoat.errors import UserError
+from nomoat.kb import ingest, retrieval, store
+from nomoat.kb.chunking import embedding_text
 
 HOSTILE = [
     '"foo AND (',
@@ -136,7 +136,7 @@ def test_unknown_kb_is_a_user_error():
 def test_queries_use_the_kb_embedder(kb, monkeypatch):
     loaded = []
     fake_module = types.SimpleNamespace(load_embedder=lambda name: loaded.append(name) or FakeEmbedder())
-    monkeypatch.setitem(sys.modules, "nomoat.embeddings", fake_module)
+    monkeypatch.setitem(sys.modules, "nomoat.kb.embeddings", fake_module)
     retrieval.search("apples", "t")
     retrieval.search("planets", "t")
     assert loaded == [FakeEmbedder().name]  # loaded once, by the name the KB recorded

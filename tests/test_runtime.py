@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from nomoat import runtime
 from nomoat.config import GenerationConfig, RuntimeConfig
 from nomoat.errors import ModelError, UserError
+from nomoat.llm import runtime, templates
 from tiny_gguf import write_tiny_llama
 
 IM_END = 2  # control token id in tiny_gguf
@@ -32,9 +32,9 @@ ESCAPES = [
 
 @pytest.mark.parametrize("payload", ESCAPES)
 def test_sandbox_refuses_template_escapes(payload: str) -> None:
-    template = runtime.compile_template(payload)
+    template = templates.compile_template(payload)
     with pytest.raises(ModelError):
-        out = runtime.render_template(template, [{"role": "user", "content": "hi"}])
+        out = templates.render_template(template, [{"role": "user", "content": "hi"}])
         # Jinja may render an unsafe attribute as empty instead of raising; then nothing leaked either.
         assert "class" not in out and "pwned" not in out and "function" not in out
         raise ModelError("rendered harmlessly")
@@ -43,13 +43,13 @@ def test_sandbox_refuses_template_escapes(payload: str) -> None:
 
 def test_broken_template_is_a_model_error() -> None:
     with pytest.raises(ModelError, match="does not compile"):
-        runtime.compile_template("{% for %}")
+        templates.compile_template("{% for %}")
 
 
 def test_template_raise_exception_is_a_model_error() -> None:
-    template = runtime.compile_template("{{ raise_exception('roles must alternate') }}")
+    template = templates.compile_template("{{ raise_exception('roles must alternate') }}")
     with pytest.raises(ModelError, match="roles must alternate"):
-        runtime.render_template(template, [])
+        templates.render_template(template, [])
 
 
 def test_user_text_cannot_inject_control_tokens(model: runtime.Model) -> None:
@@ -140,7 +140,7 @@ def test_load_is_cached_per_settings(tiny_gguf: Path) -> None:
 def test_plain_cpu_buffers_turn_extra_buffer_types_off_only_meanwhile() -> None:
     import llama_cpp.llama_cpp as C
 
-    from nomoat.runtime import _plain_cpu_buffers
+    from nomoat.llm.runtime import _plain_cpu_buffers
 
     assert C.llama_model_default_params().use_extra_bufts is True
     with _plain_cpu_buffers():

@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 from fakes import FakeEmbedder
 from nomoat.config import ServeConfig
 from nomoat.errors import UserError
-from nomoat.serve import bind, create_app
+from nomoat.serving import bind, create_app
 
 
 class FakeGeneration:
@@ -249,7 +249,7 @@ def test_ui_page_and_script_are_served_with_a_strict_policy() -> None:
 
 
 def test_kb_status_and_chunk_view_never_expose_server_paths(nomoat_home: Any, tmp_path: Any) -> None:
-    from nomoat import ingest
+    from nomoat.kb import ingest
 
     (tmp_path / "a.md").write_text("# Office\n\nThe office wifi password is hunter42.\n")
     ingest.run([str(tmp_path)], kb="notes", embedder=FakeEmbedder(), progress=False)
@@ -357,7 +357,7 @@ def test_a_client_that_leaves_while_queued_never_reaches_the_model() -> None:
 
 
 def test_slot_serves_waiters_in_order_and_newcomers_wait_their_turn() -> None:
-    from nomoat.serve.engine import Busy, Slot
+    from nomoat.serving.engine import Busy, Slot
 
     async def scenario() -> list[str]:
         slot, order = Slot(max_queue=3), []

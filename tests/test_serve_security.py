@@ -12,8 +12,8 @@ import pytest
 
 from nomoat import cli
 from nomoat.errors import UserError
-from nomoat.serve.responses import scrub
-from nomoat.serve.security import Guard, allowed_hosts, check_bind, host_name, is_loopback, key_matches
+from nomoat.serving.responses import scrub
+from nomoat.serving.security import Guard, allowed_hosts, check_bind, host_name, is_loopback, key_matches
 from test_serve import CHAT, FakeModel, client, live
 
 KEY = "s3cret-key-for-tests"
@@ -154,7 +154,7 @@ def test_an_endless_streamed_body_is_refused_at_the_limit_and_drained_within_a_b
     is read and dropped (so the client gets the 413, not a reset connection), never kept, and never more than
     DRAIN_BYTES of it, however much the client sends."""
     from nomoat.config import ServeConfig
-    from nomoat.serve import create_app, security
+    from nomoat.serving import create_app, security
 
     app = create_app(FakeModel(), ServeConfig())
     piece, received = b"x" * 65536, 0

@@ -64,7 +64,7 @@ class StepGate:
 @pytest.fixture
 def kb(tmp_path: Path) -> int:
     """Knowledge base 'default' with one document (fake embedder); returns its chunk id."""
-    from nomoat import ingest, store
+    from nomoat.kb import ingest, store
 
     (tmp_path / "office.md").write_text("# Office\n\nThe office wifi password is hunter42. The router is in 3B.\n")
     ingest.run([str(tmp_path)], kb="default", embedder=FakeEmbedder(), progress=False)
@@ -76,7 +76,7 @@ def kb(tmp_path: Path) -> int:
 
 
 def test_chat_streams_and_knowledge_base_answers_show_openable_citations(browser: Any, kb: int, tmp_path: Path) -> None:
-    from nomoat import store
+    from nomoat.kb import store
 
     gate = StepGate()
     model = FakeModel("Hello there, friend.", gate=gate)

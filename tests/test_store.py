@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from nomoat import store
 from nomoat.errors import UserError
+from nomoat.kb import catalog, schema, store
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def test_open_creates_wal_schema_and_is_idempotent(nomoat_home):
     conn = store.open_kb("t")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(store._MIGRATIONS)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(schema.MIGRATIONS)
     conn.close()
     store.open_kb("t").close()  # migrations are not re-applied ("table already exists" would raise)
     assert (nomoat_home / "kb" / "t.sqlite").exists()
@@ -65,9 +65,9 @@ def test_unknown_kb_and_bad_names_are_user_errors():
     with pytest.raises(UserError, match="invalid knowledge base name"):
         store.open_kb("../escape")
     with pytest.raises(UserError, match="no knowledge base 'nope'"):
-        store.remove_kb("nope")
+        catalog.remove_kb("nope")
     with pytest.raises(UserError):
-        store.kb_info("nope")
+        catalog.kb_info("nope")
 
 
 def test_newer_schema_and_non_sqlite_file_are_user_errors(nomoat_home):
@@ -79,7 +79,7 @@ def test_newer_schema_and_non_sqlite_file_are_user_errors(nomoat_home):
     (nomoat_home / "kb" / "junk.sqlite").write_bytes(b"not a database" * 100)
     with pytest.raises(UserError, match="not a usable nomoat knowledge base"):
         store.open_kb("junk")
-    assert [k["name"] for k in store.list_kbs()] == []  # neither the future KB nor junk is listed
+    assert [k["name"] for k in catalog.list_kbs()] == []  # neither the future KB nor junk is listed
 
 
 def test_write_replace_delete_keep_fts_and_vectors_equal_to_chunks(kb):
@@ -116,7 +116,7 @@ def test_mark_failed_drops_old_chunks_and_shows_in_info(kb):
     store.write_document(kb, _doc("/x/a.txt"), [C("old")], _vecs(1))
     store.mark_failed(kb, _doc("/x/a.txt"), "binary file")
     assert _counts(kb) == (0, 0, 0)
-    info = store.kb_info("t")
+    info = catalog.kb_info("t")
     assert info["failed"] == [{"path": "/x/a.txt", "error": "binary file"}]
     assert (info["documents"], info["chunks"], info["embedder"], info["dim"]) == (0, 0, "fake@1", 4)
 
@@ -172,7 +172,7 @@ def test_schema_1_float_vectors_migrate_to_exact_vectors_and_sign_bits(nomoat_ho
     raw = sqlean.connect(str(path), isolation_level=None)
     raw.enable_load_extension(True)
     sqlite_vec.load(raw)
-    store.m001_initial(raw)  # the schema as released in version 1, with its float vec0 table
+    schema.m001_initial(raw)  # the schema as released in version 1, with its float vec0 table
     raw.execute("INSERT INTO meta VALUES ('embedder', 'fake@1'), ('embedder_dim', '4')")
     raw.execute("CREATE VIRTUAL TABLE chunks_vec USING vec0(embedding float[4] distance_metric=cosine)")
     raw.execute(
@@ -186,7 +186,7 @@ def test_schema_1_float_vectors_migrate_to_exact_vectors_and_sign_bits(nomoat_ho
     raw.close()
 
     conn = store.open_kb("old", create=False)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(store._MIGRATIONS)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(schema.MIGRATIONS)
     assert store.verify(conn) == [] and _counts(conn) == (2, 2, 2)
     assert store.cosines(conn, vecs[1], [1, 2])[2] == pytest.approx(1.0, abs=1e-6)
     assert store.vector_search(conn, vecs[0], 1) == [1]
@@ -196,16 +196,16 @@ def test_schema_1_float_vectors_migrate_to_exact_vectors_and_sign_bits(nomoat_ho
 def test_list_info_remove(kb, nomoat_home):
     store.write_document(kb, _doc("/x/a.txt"), [C("one"), C("two")], _vecs(2))
     store.open_kb("other").close()
-    listed = store.list_kbs()
+    listed = catalog.list_kbs()
     assert [(k["name"], k["documents"], k["chunks"]) for k in listed] == [("other", 0, 0), ("t", 1, 2)]
     assert all(k["bytes"] > 0 for k in listed)
     kb.close()
-    removed = store.remove_kb("t")
+    removed = catalog.remove_kb("t")
     assert removed.endswith("t.sqlite")
     assert not list((nomoat_home / "kb").glob("t.sqlite*"))
-    assert [k["name"] for k in store.list_kbs()] == ["other"]
+    assert [k["name"] for k in catalog.list_kbs()] == ["other"]
 
 
 def test_remove_refuses_while_an_ingest_holds_the_lock(kb):
     with store.kb_lock("t"), pytest.raises(UserError, match="another nomoat process"):
-        store.remove_kb("t")
+        catalog.remove_kb("t")

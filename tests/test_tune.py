@@ -20,10 +20,11 @@ pytest.importorskip("peft")
 
 from safetensors.torch import load_file  # noqa: E402
 
-from nomoat import basemodel, runs, training, trainset, tune, tunesettings  # noqa: E402
 from nomoat.cli import main  # noqa: E402
 from nomoat.config import TuneConfig  # noqa: E402
 from nomoat.errors import UserError  # noqa: E402
+from nomoat.finetune import basemodel, runs, training, trainset, tune  # noqa: E402
+from nomoat.finetune import settings as tunesettings  # noqa: E402
 
 COLOURS = ["red", "blue", "green", "amber"]
 
@@ -201,7 +202,7 @@ def test_time_budget_plans_steps_and_stops_on_time(
     monkeypatch.setattr(tune, "_now", fake_now)
     summary = quick(dataset, tiny_gguf, tmp_path / "t", steps=None, time="2m")
     assert summary["planned_steps"] is not None and summary["status"] == "complete"
-    assert tune.PLAN_AFTER < summary["steps"] <= summary["planned_steps"]
+    assert TuneConfig().plan_after < summary["steps"] <= summary["planned_steps"]
     assert summary["seconds"] <= 120
     config = runs.read_json(tmp_path / "t" / "config.json")
     assert config["budget"]["time_s"] == 120
@@ -212,7 +213,7 @@ def test_time_budget_plans_steps_and_stops_on_time(
 def test_a_short_budget_on_a_slow_machine_cuts_the_eval_rows_and_still_trains(
     tmp_path: Path, tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from nomoat import training
+    from nomoat.finetune import training
 
     write_jsonl(tmp_path / "b.eval.jsonl", [chat(i) for i in range(100, 160)])  # 60 eval rows
     data = write_jsonl(tmp_path / "b.jsonl", [chat(i) for i in range(16)])
@@ -232,28 +233,28 @@ def test_a_short_budget_on_a_slow_machine_cuts_the_eval_rows_and_still_trains(
     monkeypatch.setattr(tune._Session, "_step", slow_step)
     summary = quick(data, tiny_gguf, tmp_path / "r", steps=None, time="5m")
     # 60 rows x 12 passes would be 720 s of a 300 s budget; cut to 16 rows the passes take 15 % or so
-    assert summary["steps"] > tune.PLAN_AFTER and summary["eval_loss_start"] is not None
+    assert summary["steps"] > TuneConfig().plan_after and summary["eval_loss_start"] is not None
     _, state = runs.load_checkpoint(tmp_path / "r")
-    assert state["eval_rows"] == tune.MIN_EVAL_ROWS
+    assert state.eval_rows == TuneConfig().min_eval_rows
 
 
 def test_a_failed_checkpoint_keeps_the_last_good_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import safetensors.torch
 
-    runs.save_checkpoint(tmp_path, {"w": torch.ones(3)}, {"step": 1})
+    runs.save_checkpoint(tmp_path, {"w": torch.ones(3)}, runs.RunState(step=1))
 
     def disk_full(*args, **kwargs) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
     with pytest.raises(OSError):
-        runs.save_checkpoint(tmp_path, {"w": torch.zeros(3)}, {"step": 2})
+        runs.save_checkpoint(tmp_path, {"w": torch.zeros(3)}, runs.RunState(step=2))
     tensors, state = runs.load_checkpoint(tmp_path)
-    assert state == {"step": 1} and torch.equal(tensors["w"], torch.ones(3))
+    assert state == runs.RunState(step=1) and torch.equal(tensors["w"], torch.ones(3))
     assert not (tmp_path / "checkpoint.partial").exists()
     # a crash between the two renames leaves only checkpoint.old: it is still found
     (tmp_path / "checkpoint").rename(tmp_path / "checkpoint.old")
-    assert runs.load_checkpoint(tmp_path)[1] == {"step": 1}
+    assert runs.load_checkpoint(tmp_path)[1] == runs.RunState(step=1)
 
 
 def test_disk_full_during_a_run_is_a_clear_error(

@@ -1,42 +1,48 @@
 """nomoat: your own small LLM from your own files, offline.
 
-Every CLI command is also a function with the same arguments::
+Every CLI command is also a function here, taking the command's flags as arguments::
 
     import nomoat
-    nomoat.chat("What is the capital of France?")        # {"answer": ..., "model": ...}
-    nomoat.ingest(["~/notes"], kb="default")              # {"added": ..., ...}
-    nomoat.search("query", k=5)                           # [{"path", "location", "score", "text", "chunk_id"}]
+    nomoat.ingest(["~/notes"])                          # {"added": ..., "chunks": ...}
+    nomoat.ask("How do I undo a commit?")               # {"answer", "grounded", "citations", ...}
+    nomoat.chat("What is the capital of France?", no_kb=True)
+    nomoat.tune("data.jsonl", time="20m")
 
-Stages are imported on first use, so ``import nomoat`` stays fast.
+They are plain functions of :mod:`nomoat.api`, imported on first use, so ``import nomoat`` stays fast.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 __version__ = "0.1.0"
-
-# public name -> module that implements it (the module is callable, see nomoat._api)
-_STAGES = {
-    "chat": "nomoat.chat",
-    "models": "nomoat.models",
-    "ingest": "nomoat.ingest",
-    "search": "nomoat.retrieval",
-    "ask": "nomoat.rag",
-    "curate": "nomoat.curate",
-    "tune": "nomoat.tune",
-    "export": "nomoat.export",
-    "evaluate": "nomoat.evaluate",
-    "serve": "nomoat.serve",
-}
+__all__ = [
+    "ask",
+    "build_dataset",
+    "chat",
+    "dataset_stats",
+    "evaluate",
+    "export",
+    "import_dataset",
+    "ingest",
+    "kb_info",
+    "list_kbs",
+    "models",
+    "remove_kb",
+    "search",
+    "serve",
+    "tune",
+]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _STAGES:
-        return importlib.import_module(_STAGES[name])
+    # The functions live in nomoat.api, imported on first use: `import nomoat` (and `nomoat --help`) stay light.
+    if name in __all__:
+        from nomoat import api
+
+        return getattr(api, name)
     raise AttributeError(f"module 'nomoat' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_STAGES])
+    return sorted([*globals(), *__all__])

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+from nomoat.errors import UserError
+
+DEFAULT_KB = "default"
+"""The knowledge base every command uses unless ``--kb NAME`` is given."""
+DEFAULT_MODEL = "default"
+"""``--model default``: the bundled SmolLM2-135M-Instruct (see :mod:`nomoat.llm.models`)."""
 
 
 def default_threads() -> int:
@@ -44,6 +51,58 @@ class GenerationConfig:
     """Extra stop strings; the model's end-of-turn tokens always stop."""
     seed: int | None = None
     """Overrides RuntimeConfig.seed for this answer."""
+
+
+MIN_CTX = 256
+"""The smallest context window (``--ctx``) that holds a prompt and an answer."""
+MAX_TEMPERATURE = 2.0
+"""OpenAI's range for ``temperature``; the CLI and the server accept the same one."""
+MAX_SEED = 2**32 - 1
+
+
+class SettingError(UserError):
+    """A generation or runtime setting out of range. ``param`` names it ("max_tokens"); the CLI shows it as a flag
+    (``--max-tokens``), the server as the request field."""
+
+    def __init__(self, param: str, rule: str) -> None:
+        super().__init__(f"{param} {rule}")
+        self.param, self.rule = param, rule
+
+
+def generation_settings(base: GenerationConfig, **given: object) -> GenerationConfig:
+    """``base`` with the settings a user gave (``None`` = keep ``base``'s), each checked. Raises SettingError.
+
+    The one validation of sampling settings: the CLI flags and the server's request fields both go through here.
+    """
+    values = {k: v for k, v in given.items() if v is not None}
+    unknown = set(values) - {"max_tokens", "temperature", "top_p", "seed", "stop"}
+    if unknown:
+        raise SettingError(sorted(unknown)[0], "is not a generation setting")
+    gen = replace(base, **values)
+    if gen.max_tokens < 1:
+        raise SettingError("max_tokens", "must be at least 1")
+    if not 0 <= gen.temperature <= MAX_TEMPERATURE:
+        raise SettingError("temperature", f"must be between 0 and {MAX_TEMPERATURE:g}")
+    if not 0 < gen.top_p <= 1:
+        raise SettingError("top_p", "must be greater than 0 and at most 1")
+    if gen.seed is not None and not 0 <= gen.seed <= MAX_SEED:
+        raise SettingError("seed", "must be between 0 and 2**32 - 1")
+    gen.stop = tuple(gen.stop)
+    return gen
+
+
+def runtime_settings(ctx: int | None = None, threads: int | None = None) -> RuntimeConfig:
+    """A RuntimeConfig with ``--ctx``/``--threads`` applied (None keeps the default). Raises SettingError."""
+    config = RuntimeConfig()
+    if ctx is not None:
+        if ctx < MIN_CTX:
+            raise SettingError("ctx", f"must be at least {MIN_CTX} tokens")
+        config.n_ctx = ctx
+    if threads is not None:
+        if threads < 1:
+            raise SettingError("threads", "must be at least 1")
+        config.n_threads = threads
+    return config
 
 
 @dataclass
@@ -88,6 +147,8 @@ class SearchConfig:
     """Hits taken from each of BM25 and vector search before fusion (at least k)."""
     rrf_k: int = 60
     """Reciprocal rank fusion constant: score = sum(1 / (rrf_k + rank)); 60 from Cormack et al., SIGIR 2009."""
+    k: int = 5
+    """Results ``nomoat search`` shows."""
     per_document: int = 1
     """Most chunks one document may place in the results (0 = no cap): a long page matching a query everywhere
     would otherwise fill the top k and push out the other pages that answer it. On git-doc, cap 1 vs none:
@@ -124,12 +185,20 @@ class RagConfig:
     """Most sentences an extractive (fallback) answer quotes."""
     history_turns: int = 2
     """Earlier user turns joined to a follow-up question ("and its default?") to form the retrieval query."""
+    answer_temperature: float = 0.0
+    """Answers from sources are greedy: the most likely wording is the one copied from them."""
+
+    def generation(self) -> GenerationConfig:
+        """The sampling settings of an answer from the knowledge base, when the user sets none."""
+        return GenerationConfig(max_tokens=self.max_answer_tokens, temperature=self.answer_temperature)
 
 
 @dataclass
 class CurateConfig:
     """Building an instruction dataset from a knowledge base (``nomoat data build``)."""
 
+    output: str = "data.jsonl"
+    """Where the training rows go (``OUT.eval.jsonl`` and the card ``OUT.md`` beside it)."""
     eval_fraction: float = 0.1
     """Share of rows held out for evaluation, as whole source documents."""
     min_chunk_words: int = 6
@@ -181,11 +250,41 @@ class TuneConfig:
     eval_share: float = 0.15
     """With ``--time``, all eval passes together take at most this share of the budget: the eval rows are cut to
     a prefix whose measured cost fits (never fewer than 16), so a short run on a slow machine still trains."""
+    plan_after: int = 4
+    """Steps timed (after the first, a warm-up) before a ``--time`` run plans its step count."""
+    min_eval_rows: int = 16
+    """The fewest eval rows a time budget can cut the eval set to."""
     checkpoint_every_s: float = 600.0
     sample_prompts: int = 3
     """Eval prompts answered by the base and the tuned model in the run's summary."""
     sample_tokens: int = 64
     seed: int = 0
+
+
+EXPORT_FORMATS = ("gguf", "adapter", "hf", "ollama", "all")
+GGUF_QUANTS = ("f16", "q8_0", "q4_0", "q4_k_m")
+
+
+@dataclass
+class ExportConfig:
+    """``nomoat export``: what is written by default."""
+
+    format: str = "gguf"
+    """gguf (merged, llama.cpp), adapter (LoRA GGUF), hf (safetensors folder), ollama (GGUF + Modelfile), all."""
+    quant: str = "q8_0"
+    """GGUF weight type: q8_0 keeps the tuned model's perplexity within 0.2 % of f16 (docs/benchmarks.md)."""
+
+
+@dataclass
+class EvalConfig:
+    """``nomoat eval``: which questions, and how every configuration answers them."""
+
+    limit: int = 30
+    """Held-out questions asked (a seeded sample of the eval split)."""
+    seed: int = 0
+    """Which questions, the bootstrap resamples and the sampling seed: the same seed gives the same table."""
+    max_tokens: int = 96
+    """Longest answer of any configuration (greedy decoding)."""
 
 
 @dataclass
@@ -209,8 +308,6 @@ class ServeConfig:
     """Requests that may wait for a busy model; one more gets 429 (generation is one at a time per model)."""
     max_tokens: int = 2048
     """Largest ``max_tokens`` a request may ask for (also capped by what the context has left)."""
-    default_max_tokens: int = 512
-    """``max_tokens`` when a request gives none."""
     max_messages: int = 256
     max_stop: int = 4
     """Most stop strings per request (OpenAI's limit)."""

@@ -10,12 +10,13 @@ Layout under ``NOMOAT_HOME`` (default: the platform's user data dir)::
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from nomoat.errors import UserError
 
@@ -79,7 +80,7 @@ def atomic_writer(path: str | os.PathLike[str], mode: str = "w", encoding: str |
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -93,11 +94,33 @@ def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> Path:
     return Path(path)
 
 
-def _fsync_dir(directory: Path) -> None:
-    # The rename is only durable once the directory entry is on disk.
+def fsync_dir(directory: Path) -> None:
+    """Make renames and new entries in ``directory`` durable (a rename is on disk only once its folder is)."""
     with contextlib.suppress(OSError):
         dfd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+def fsync(path: Path) -> None:
+    """Flush a file's contents to disk (before it is renamed into place)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_json(path: Path, error: type[UserError] = UserError) -> Any:
+    """A JSON file's value; ``error`` (a UserError) naming the file when it is missing or not JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise error(f"{path}: unreadable ({exc})") from None
+
+
+def write_json(path: Path, value: Any) -> None:
+    """``value`` as indented JSON, written atomically."""
+    atomic_write(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")

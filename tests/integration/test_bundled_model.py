@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from nomoat import runtime
 from nomoat.config import GenerationConfig
+from nomoat.llm import runtime
 
 pytestmark = pytest.mark.integration
 

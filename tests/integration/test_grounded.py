@@ -121,8 +121,8 @@ def test_tune_then_export_the_bundled_model(home: Path, tmp_path: Path) -> None:
     assert summary["status"] == "complete" and summary["steps"] == 3 and summary["tokens"] > 0
     assert summary["eval_loss_start"] > 0 and summary["eval_loss_end"] > 0
     assert summary["samples"] and all(s["base"] and s["tuned"] for s in summary["samples"])
-    from nomoat.basemodel import sha256_file
-    from nomoat.models import bundled_path
+    from nomoat.finetune.basemodel import sha256_file
+    from nomoat.llm.models import bundled_path
 
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["base_model"]["sha256"] == sha256_file(bundled_path())

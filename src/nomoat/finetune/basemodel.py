@@ -1,0 +1,120 @@
+"""The base model as a torch module, for training and export: from a GGUF (dequantized) or an HF folder.
+
+transformers reads GGUF files itself (``from_pretrained(dir, gguf_file=name)``) and dequantizes the weights to
+fp32, so the bundled Q4_1 model trains without any other download. The model's identity is the sha256 of its
+file(s); a run records it so export and eval can refuse to mix up base models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nomoat.errors import ModelError
+from nomoat.llm.models import ModelRef, resolve
+
+
+@dataclass
+class Base:
+    """A base model's tokenizer, chat template and identity; ``model`` is filled by :meth:`load_weights`."""
+
+    tokenizer: Any
+    chat_template: str | None
+    ref: ModelRef
+    sha256: str
+    context_length: int | None = None
+    model: Any = None  # transformers PreTrainedModel
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.ref.name, "path": str(self.ref.path), "kind": self.ref.kind, "sha256": self.sha256}
+
+    def _where(self) -> dict[str, str]:
+        if self.ref.kind == "gguf":
+            return {"pretrained_model_name_or_path": str(self.ref.path.parent), "gguf_file": self.ref.path.name}
+        return {"pretrained_model_name_or_path": str(self.ref.path)}
+
+    def load_weights(self, dtype: Any = None) -> Any:
+        """Load (and for a GGUF, dequantize) the weights: seconds for small models, so done after cheap checks."""
+        from transformers import AutoModelForCausalLM
+
+        with _quiet():
+            try:
+                self.model = AutoModelForCausalLM.from_pretrained(
+                    **self._where(), dtype=dtype, use_safetensors=True if self.ref.kind == "hf" else None
+                )
+            except (OSError, ValueError, KeyError, RuntimeError) as exc:
+                raise ModelError(f"cannot load {self.ref.path} for training: {_first_line(exc)}") from None
+        quantizer = getattr(self.model, "hf_quantizer", None)
+        if self.ref.kind == "gguf" and quantizer is not None:
+            # The weights are plain floats now; transformers still tags the model "GGUF-quantized", which makes
+            # Trainer refuse it and save_pretrained write a quantization_config that other loaders trip on.
+            quantizer.remove_quantization_config(self.model)
+            self.model.config._is_quantized = False
+        return self.model
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint(ref: ModelRef) -> str:
+    """sha256 of a GGUF file, or of an HF folder's config and weight files (names and contents)."""
+    if ref.kind == "gguf":
+        return sha256_file(ref.path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in ref.path.iterdir() if p.suffix == ".safetensors" or p.name == "config.json")
+    for p in files:
+        digest.update(f"{p.name}:{sha256_file(p)}\n".encode())
+    return digest.hexdigest()
+
+
+def load(model: str | Path | ModelRef | None = None) -> Base:
+    """The tokenizer and identity of ``model`` ('default', a .gguf or an HF folder); weights come later."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    ref = model if isinstance(model, ModelRef) else resolve(model)
+    if ref.kind == "hf" and not any(ref.path.glob("*.safetensors")):
+        raise ModelError(f"{ref.path} has no .safetensors weights (nomoat never loads pickled .bin files)")
+    base = Base(None, None, ref, fingerprint(ref))
+    with _quiet():
+        try:
+            base.tokenizer = AutoTokenizer.from_pretrained(**base._where())
+            config = AutoConfig.from_pretrained(**base._where())
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ModelError(f"cannot read the tokenizer of {ref.path}: {_first_line(exc)}") from None
+    base.context_length = getattr(config, "max_position_embeddings", None)
+    template = getattr(base.tokenizer, "chat_template", None)
+    base.chat_template = template if isinstance(template, str) else None
+    return base
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """No hub access, no log noise, no progress bars from transformers (nomoat shows its own)."""
+    import functools
+    import warnings
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models are the user's files, never fetched
+    from tqdm.auto import tqdm
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    gguf_utils.tqdm = functools.partial(tqdm, disable=True)  # its GGUF dequantization bar ignores the switch
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield

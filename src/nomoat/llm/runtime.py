@@ -1,0 +1,366 @@
+"""The only module that imports ``llama_cpp``: load a GGUF, tokenize a chat safely, generate.
+
+Chat templates render in a sandbox (:mod:`nomoat.llm.templates`). Text from users and documents is tokenized
+with special-token parsing *off*: a document containing ``<|im_end|>`` stays those characters and can never close
+a turn. Only the template's own text is parsed for special tokens (see :meth:`Model.encode_chat`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import codecs
+import contextlib
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from nomoat.config import GenerationConfig, RuntimeConfig
+from nomoat.errors import ModelError, UserError
+from nomoat.llm.models import ModelRef, resolve
+from nomoat.llm.templates import CHATML_TEMPLATE, Message, compile_template, defuse, render_template
+
+_ROLES = {"system", "user", "assistant"}
+
+
+@dataclass
+class Generation:
+    """An answer being generated: iterate for text pieces; afterwards the counters are final."""
+
+    pieces: Iterator[str]
+    prompt_tokens: int
+    completion_tokens: int = 0
+    finish_reason: str | None = None  # "stop" | "length" | None while running
+    notices: list[str] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[str]:
+        return self.pieces
+
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+
+class Model:
+    """A GGUF model loaded in llama.cpp, with its chat template. Not thread-safe: hold ``lock`` to generate."""
+
+    def __init__(self, ref: ModelRef, config: RuntimeConfig | None = None):
+        from nomoat.llm.gguf_check import read_header
+
+        if ref.kind != "gguf":
+            raise ModelError(f"{ref.path} is a Hugging Face folder; chat needs a .gguf (see `nomoat export`)")
+        self.ref, self.config = ref, config or RuntimeConfig()
+        self.header = read_header(ref.path)  # validates before llama.cpp sees the file
+        trained_ctx = self.header.arch_value("context_length") or self.config.n_ctx
+        self.n_ctx = min(self.config.n_ctx, int(trained_ctx))
+        # Our sandboxed compile first: its error names the template; llama.cpp's loader would fail less clearly.
+        self.template = compile_template(self.header.metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE)
+        self.llama = _load_llama(ref.path, self.config, self.n_ctx)
+        self.lock = threading.Lock()
+        self.bos = self._token_text(self.llama.token_bos())
+        self.eos = self._token_text(self.llama.token_eos())
+
+    @property
+    def name(self) -> str:
+        return self.ref.name
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self.llama.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+    # -- tokenization -------------------------------------------------------------------------
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        """Tokens of ``text`` without BOS. ``special=False`` keeps control-token look-alikes as plain text."""
+        if not text:
+            return []
+        return self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+
+    def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
+        """Text of ``tokens``; ``special=True`` also spells out control tokens such as ``<|im_end|>``."""
+        return self.llama.detokenize(list(tokens), special=special).decode("utf-8", errors="replace")
+
+    def encode_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> list[int]:
+        """Render the chat template and tokenize it, parsing special tokens only in the template's own text.
+
+        The template is rendered once with each message's content replaced by a unique marker; the text
+        between markers is the template's (parsed with special tokens on), the markers are swapped for
+        the real content (special tokens off). If a template transforms content so the markers vanish,
+        we fall back to rendering the real content with every control-token string defused.
+        """
+        _check_messages(messages)
+        marks = [f"\ue000{i}\ue001" for i in range(len(messages))]
+        masked = [{**m, "content": mark} for m, mark in zip(messages, marks, strict=True)]
+        rendered = self._render(masked, add_generation_prompt)
+        tokens: list[int] = []
+        rest = rendered
+        for mark, message in zip(marks, messages, strict=True):
+            before, found, after = rest.partition(mark)
+            if not found:
+                return self._encode_defused(messages, add_generation_prompt)
+            tokens += self.tokenize(before, special=True) + self.tokenize(message["content"], special=False)
+            rest = after
+        tokens += self.tokenize(rest, special=True)
+        if self.llama._model.add_bos_token() and self.bos and (not tokens or tokens[0] != self.llama.token_bos()):
+            tokens.insert(0, self.llama.token_bos())
+        return tokens
+
+    def _render(self, messages: Sequence[Message], add_generation_prompt: bool) -> str:
+        return render_template(
+            self.template,
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=self.bos,
+            eos_token=self.eos,
+        )
+
+    def _encode_defused(self, messages: Sequence[Message], add_generation_prompt: bool) -> list[int]:
+        defused = [{**m, "content": defuse(m["content"])} for m in messages]
+        return self.tokenize(self._render(defused, add_generation_prompt), special=True)
+
+    # -- generation ---------------------------------------------------------------------------
+    def chat(
+        self,
+        messages: Sequence[Message],
+        gen: GenerationConfig | None = None,
+        *,
+        on_notice: Callable[[str], None] | None = None,
+    ) -> Generation:
+        """Stream an assistant reply to ``messages``; trims old turns to fit the context (with a notice)."""
+        gen = gen or GenerationConfig()
+        tokens, notices = self.fit(messages, gen.max_tokens)
+        for notice in notices:
+            if on_notice:
+                on_notice(notice)
+        return self.generate(tokens, gen, notices=notices)
+
+    def fit(self, messages: Sequence[Message], max_tokens: int) -> tuple[list[int], list[str]]:
+        """Tokens of the prompt that fit the context with room to answer; oldest turns go first.
+
+        Keeps the system message and the last message; if the last message alone is too long, its start is
+        cut (questions usually come at the end of a pasted text). Returns the tokens and notices for the user.
+        """
+        budget = self.n_ctx - answer_room(max_tokens, self.n_ctx)
+        messages = list(messages)
+        tokens = self.encode_chat(messages)
+        dropped = 0
+        while len(tokens) > budget and len(messages) > 1 + (messages[0]["role"] == "system"):
+            del messages[1 if messages[0]["role"] == "system" else 0]
+            dropped += 1
+            tokens = self.encode_chat(messages)
+        notices = [f"trimmed {dropped} earlier message(s) to fit the {self.n_ctx}-token context"] if dropped else []
+        cut = 0
+        while len(tokens) > budget:  # re-tokenizing a cut text can shift a few tokens: repeat until it fits
+            last = self.tokenize(messages[-1]["content"])
+            excess = len(tokens) - budget + 8
+            if excess >= len(last):
+                raise UserError(f"the prompt does not fit the model's {self.n_ctx}-token context; shorten it")
+            messages[-1] = {**messages[-1], "content": "…" + self.detokenize(last[excess:])}
+            tokens, cut = self.encode_chat(messages), cut + excess
+        if cut:
+            notices.append(f"cut the start of your message ({cut} tokens) to fit the {self.n_ctx}-token context")
+        return tokens, notices
+
+    def generate(
+        self, prompt: Sequence[int], gen: GenerationConfig | None = None, *, notices: list[str] | None = None
+    ) -> Generation:
+        """Sample after ``prompt`` tokens; stops on end-of-generation tokens, ``gen.stop`` strings, or length."""
+        gen = gen or GenerationConfig()
+        prompt = list(prompt)
+        if len(prompt) >= self.n_ctx:
+            raise UserError(f"the prompt ({len(prompt)} tokens) does not fit the {self.n_ctx}-token context")
+        max_new = max(1, min(gen.max_tokens, self.n_ctx - len(prompt)))
+        result = Generation(iter(()), prompt_tokens=len(prompt), notices=list(notices or []))
+        result.pieces = self._stream(prompt, gen, max_new, result)
+        return result
+
+    def _stream(self, prompt: list[int], gen: GenerationConfig, max_new: int, result: Generation) -> Iterator[str]:
+        import llama_cpp
+
+        llama = self.llama
+        llama.set_seed(self.config.seed if gen.seed is None else gen.seed)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stops = [s for s in gen.stop if s]
+        hold = max((len(s) for s in stops), default=1) - 1  # chars held back in case a stop string is forming
+        pending = ""
+        vocab = llama._model.vocab
+        tokens = llama.generate(
+            prompt,
+            temp=gen.temperature,
+            top_k=gen.top_k,
+            top_p=gen.top_p,
+            min_p=0.0,
+            repeat_penalty=gen.repeat_penalty,
+        )
+        result.finish_reason = "length"
+        with contextlib.closing(tokens):
+            for token in tokens:
+                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                    result.finish_reason = "stop"
+                    break
+                result.completion_tokens += 1
+                pending += decoder.decode(llama.detokenize([token]))
+                cut = _find_stop(pending, stops)
+                if cut is not None:
+                    pending = pending[:cut]
+                    result.finish_reason = "stop"
+                    break
+                if len(pending) > hold:
+                    out, pending = pending[: len(pending) - hold], pending[len(pending) - hold :]
+                    yield out
+                if result.completion_tokens >= max_new:
+                    break
+        pending += decoder.decode(b"", final=True)
+        if pending:
+            yield pending
+
+
+def answer_room(max_tokens: int, n_ctx: int) -> int:
+    """Tokens a prompt must leave free in an ``n_ctx`` context for an answer of up to ``max_tokens``: all of them,
+    but at most half the context (a long answer is cut rather than the prompt refused), and at least 16."""
+    return max(16, min(max_tokens, n_ctx // 2))
+
+
+def _find_stop(text: str, stops: list[str]) -> int | None:
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _check_messages(messages: Sequence[Message]) -> None:
+    if not messages:
+        raise UserError("no messages to answer")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in _ROLES or not isinstance(m.get("content"), str):
+            raise UserError(f"message {i} must be {{'role': system|user|assistant, 'content': str}}")
+
+
+def _load_llama(path: Path, config: RuntimeConfig, n_ctx: int, **options: Any) -> Any:
+    try:
+        from llama_cpp import Llama
+    except ImportError as exc:  # pragma: no cover - install problem
+        raise UserError(f"llama-cpp-python is not installed ({exc}); run `make install`") from None
+    try:
+        with _plain_cpu_buffers() if _cpu_has_amx() else contextlib.nullcontext():
+            llama = Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_batch=min(config.n_batch, n_ctx),
+                n_threads=config.n_threads,
+                n_threads_batch=config.n_threads,
+                seed=config.seed,
+                verbose=False,
+                **options,
+            )
+    except Exception as exc:  # any loader failure (ValueError, jinja2 errors in extra templates) is the file's
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"llama.cpp could not load {path.name}: {reason}") from None
+    _live.add(llama)
+    return llama
+
+
+def quantize(src: Path, dst: Path, quant: str, threads: int | None = None) -> Path:
+    """Requantize a GGUF with llama.cpp (``llama_model_quantize``); ``quant`` is one of ``config.GGUF_QUANTS``."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant.upper()}")
+    params.allow_requantize = True
+    params.nthread = threads or RuntimeConfig().n_threads
+    from llama_cpp._utils import suppress_stdout_stderr  # llama.cpp logs every tensor to stderr
+
+    with suppress_stdout_stderr(disable=False):
+        failed = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params) != 0
+    if failed:
+        raise ModelError(f"llama.cpp could not quantize {src.name} to {quant}")
+    return dst
+
+
+def perplexity(path: Path, tokens: Sequence[int], *, lora: Path | None = None, decode_tokens: int = 32,
+               threads: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """Perplexity of ``tokens`` (one window) under the GGUF at ``path`` (plus a LoRA adapter GGUF), via
+    llama.cpp's logits; also prefill and single-token decode speed, and the next-token log-probabilities
+    (``logprobs``, one row per position but the last) for distribution comparisons."""
+    import math
+    import time
+
+    import numpy as np
+
+    config = RuntimeConfig(n_batch=max(64, len(tokens)))
+    config.n_threads = threads or config.n_threads
+    lora_path = str(lora) if lora else None
+    llama = _load_llama(path, config, max(64, len(tokens) + decode_tokens), logits_all=True, lora_path=lora_path)
+    try:
+        start = time.perf_counter()
+        llama.eval(list(tokens))
+        prefill = time.perf_counter() - start
+        logits = np.asarray(llama.scores[: len(tokens) - 1], dtype=np.float64)
+        start = time.perf_counter()
+        for token in tokens[:decode_tokens]:  # one token per call, as in generation
+            llama.eval([token])
+        decode = time.perf_counter() - start
+    finally:
+        llama.close()
+    logits -= logits.max(axis=1, keepdims=True)
+    logprobs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    nll = -logprobs[np.arange(len(tokens) - 1), np.asarray(tokens[1:])].mean()
+    return {"ppl": math.exp(nll), "prefill_tok_s": len(tokens) / prefill,
+            "decode_tok_s": decode_tokens / max(decode, 1e-9), "logprobs": logprobs}  # fmt: skip
+
+
+def _cpu_has_amx() -> bool:
+    try:
+        return " amx_int8" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _plain_cpu_buffers() -> Iterator[None]:
+    """Load with ``use_extra_bufts = False``: llama.cpp's AMX matmul segfaults on any batch > 1 token
+    (ggml_backend_amx_mul_mat, upstream llama.cpp#20824). Building with -DGGML_AMX_*=OFF was meant to avoid
+    it, but llama-cpp-python 0.3.36 built that way still contains the AMX kernels (seen 2026-11-29 on a CPU
+    with AMX: segfault in ggml_backend_amx_mul_mat), so on AMX CPUs the extra buffer types stay off at load.
+    Llama() has no argument for it; it reads the defaults from this function, which we wrap meanwhile."""
+    import llama_cpp.llama_cpp as C
+
+    default = C.llama_model_default_params
+
+    def plain() -> Any:
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    C.llama_model_default_params = plain
+    try:
+        yield
+    finally:
+        C.llama_model_default_params = default
+
+
+# llama-cpp-python frees its model in __del__; at interpreter exit its C bindings may already be gone, which
+# prints "TypeError: 'NoneType' object is not callable". Closing live models while Python is intact avoids it.
+_live: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for llama in list(_live):
+        with contextlib.suppress(Exception):
+            llama.close()
+
+
+_cache: dict[tuple[Any, ...], Model] = {}
+_cache_lock = threading.Lock()
+
+
+def load(model: str | Path | ModelRef | None = None, config: RuntimeConfig | None = None) -> Model:
+    """Load (or reuse) a model. The same path and settings return the same :class:`Model` in a process."""
+    ref = model if isinstance(model, ModelRef) else resolve(model)
+    config = config or RuntimeConfig()
+    stat = ref.path.stat()
+    key = (str(ref.path), stat.st_size, stat.st_mtime_ns, config.n_ctx, config.n_threads, config.n_batch)
+    with _cache_lock:
+        if key not in _cache:
+            _cache[key] = Model(ref, replace(config))
+        return _cache[key]
