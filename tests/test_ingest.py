@@ -17,7 +17,7 @@ import nomoat
 from fakes import FakeEmbedder
 from nomoat.config import IngestConfig
 from nomoat.errors import UserError
-from nomoat.kb import catalog, ingest, store
+from nomoat.kb import catalog, indexer, ingest, store
 
 TESTS = Path(__file__).resolve().parent
 
@@ -107,7 +107,7 @@ def test_unchanged_rerun_never_loads_an_embedder(tmp_path, monkeypatch):
     root = tmp_path / "notes"
     _write(root / "a.txt", _para(1))
     _run(root)
-    monkeypatch.setattr(ingest, "_load_embedder", lambda name: pytest.fail("loaded an embedder"))
+    monkeypatch.setattr(indexer, "_load_embedder", lambda name: pytest.fail("loaded an embedder"))
     assert ingest.run([root], "t", progress=False)["unchanged"] == 1
 
 
@@ -117,7 +117,7 @@ def test_recorded_embedder_is_used_when_none_is_given(tmp_path, monkeypatch):
     _run(root)
     _write(root / "b.txt", _para(2))
     asked = []
-    monkeypatch.setattr(ingest, "_load_embedder", lambda name: asked.append(name) or FakeEmbedder())
+    monkeypatch.setattr(indexer, "_load_embedder", lambda name: asked.append(name) or FakeEmbedder())
     assert ingest.run([root], "t", progress=False)["added"] == 1
     assert asked == [FakeEmbedder().name]
 
@@ -151,7 +151,7 @@ def test_failed_files_are_recorded_and_the_batch_goes_on(tmp_path, monkeypatch):
     _write(root / "loop.txt", "this one makes the parser spin")
     _write(root / "big.txt", "x" * 5000)
     _write(root / "boom.txt", "the reader has a bug")
-    real = ingest.read_file
+    real = indexer.read_file
 
     def reader(path, **kw):
         if path.name == "loop.txt":
@@ -161,7 +161,7 @@ def test_failed_files_are_recorded_and_the_batch_goes_on(tmp_path, monkeypatch):
             raise IndexError("list index out of range")
         return real(path, **kw)
 
-    monkeypatch.setattr(ingest, "read_file", reader)
+    monkeypatch.setattr(indexer, "read_file", reader)
     result = _run(root, config=IngestConfig(file_timeout_s=0.3, max_file_bytes=4000))
     reasons = {Path(f["path"]).name: f["error"] for f in result["failed"]}
     assert reasons == {
@@ -172,7 +172,7 @@ def test_failed_files_are_recorded_and_the_batch_goes_on(tmp_path, monkeypatch):
     assert result["added"] == 1
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # no alarm left armed after the run
     # An unchanged failed file is reported again from the KB, not re-read.
-    monkeypatch.setattr(ingest, "read_file", lambda path, **kw: pytest.fail(f"re-read {path}"))
+    monkeypatch.setattr(indexer, "read_file", lambda path, **kw: pytest.fail(f"re-read {path}"))
     again = _run(root, config=IngestConfig(file_timeout_s=0.3, max_file_bytes=4000))
     assert {Path(f["path"]).name: f["error"] for f in again["failed"]} == reasons
     info = catalog.kb_info("t")

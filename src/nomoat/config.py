@@ -135,6 +135,15 @@ class IngestConfig:
     """Chunk size handed to the chunker."""
     overlap_tokens: int = 30
     """Tokens shared by neighbouring chunks, so a sentence cut at a boundary is still found whole."""
+    read_batch_docs: int = 256
+    read_batch_chars: int = 32 * 2**20
+    """Documents (or characters of text) read before any of them is chunked, so lines repeated across them are
+    recognised as site furniture from the first batch of a new KB on; bounds the text held in memory."""
+    repeated_share: float = 0.1
+    """A line held by at least this share of the KB's documents is furniture (navigation, headers, footers) and
+    masked before chunking; headings and code are never masked (kb/cleaning.py)."""
+    repeated_least: int = 4
+    """... and by at least this many documents (a KB smaller than this masks nothing)."""
     skip_dirs: tuple[str, ...] = ("node_modules", "__pycache__")
     """Directory names never descended into (hidden directories such as .git are always skipped)."""
 

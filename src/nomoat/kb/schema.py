@@ -4,8 +4,9 @@
     documents(id, path UNIQUE, size, mtime_ns, sha256, kind, title,
               status 'done'|'failed', error, n_chunks, ingested_at)
     chunks(id AUTOINCREMENT, doc_id -> documents ON DELETE CASCADE, ord,
-           text, char_start, char_end, location, heading)
-    chunks_fts    FTS5 over chunks(text, heading), external content, kept in sync by triggers
+           text, char_start, char_end, location, heading, fields = the document's file name and title)
+    doc_lines(doc_id, key), line_counts(key, docs)      candidate lines per document, documents per line
+    chunks_fts    FTS5 over chunks(text, heading, fields), external content, kept in sync by triggers
     chunk_vectors(id = chunks.id, embedding float32 BLOB)   exact vectors; created with the embedder
     chunks_vec    sqlite-vec vec0(embedding bit[dim]): the vectors' signs, a 32x smaller index to scan
 
@@ -95,6 +96,71 @@ def m002_exact_vectors_and_sign_bits(conn: Connection) -> None:
     ids = [r[0] for r in old]
     vectors = np.frombuffer(b"".join(r[1] for r in old), np.float32).reshape(len(old), info[1])
     insert_vectors(conn, ids, vectors)
+
+
+@_migration
+def m003_repeated_lines(conn: Connection) -> None:
+    """Lines repeated across documents (site navigation, footers) are masked before chunking (kb/cleaning.py). Each
+    done document's candidate line keys, and how many documents hold each key (kept by triggers, so a cascaded
+    delete of a document decrements its lines too); ``documents.masked`` fingerprints the lines masked when the
+    document was chunked, so a change in what repeats re-chunks only the documents it touches."""
+    conn.execute(
+        """CREATE TABLE doc_lines (
+            doc_id INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+            key INTEGER NOT NULL,
+            PRIMARY KEY (doc_id, key)
+        ) WITHOUT ROWID"""
+    )
+    conn.execute("CREATE INDEX doc_lines_key ON doc_lines(key)")
+    conn.execute("CREATE TABLE line_counts (key INTEGER PRIMARY KEY, docs INTEGER NOT NULL)")
+    conn.execute(
+        """CREATE TRIGGER doc_lines_ai AFTER INSERT ON doc_lines BEGIN
+            INSERT INTO line_counts(key, docs) VALUES (new.key, 1)
+            ON CONFLICT(key) DO UPDATE SET docs = docs + 1;
+        END"""
+    )
+    conn.execute(
+        """CREATE TRIGGER doc_lines_ad AFTER DELETE ON doc_lines BEGIN
+            UPDATE line_counts SET docs = docs - 1 WHERE key = old.key;
+            DELETE FROM line_counts WHERE key = old.key AND docs <= 0;
+        END"""
+    )
+    conn.execute("ALTER TABLE documents ADD COLUMN masked TEXT NOT NULL DEFAULT ''")
+    # Documents chunked before this have no line keys: forget their stat and hash so the next ingest reads them again.
+    conn.execute("UPDATE documents SET size = -1, sha256 = NULL")
+
+
+@_migration
+def m004_document_fields_in_fts(conn: Connection) -> None:
+    """FTS5 gets a third column, the chunk's document fields (file name and title), so a page named git-stash.html
+    is evidence for every chunk of it; bm25() weighs text, heading and these fields separately (SearchConfig)."""
+    conn.execute("ALTER TABLE chunks ADD COLUMN fields TEXT NOT NULL DEFAULT ''")
+    for trigger in ("chunks_fts_ai", "chunks_fts_ad", "chunks_fts_au"):
+        conn.execute(f"DROP TRIGGER {trigger}")
+    conn.execute("DROP TABLE chunks_fts")
+    conn.execute(
+        """CREATE VIRTUAL TABLE chunks_fts USING fts5(
+            text, heading, fields, content='chunks', content_rowid='id', tokenize='porter unicode61')"""
+    )
+    conn.execute(
+        """CREATE TRIGGER chunks_fts_ai AFTER INSERT ON chunks BEGIN
+            INSERT INTO chunks_fts(rowid, text, heading, fields) VALUES (new.id, new.text, new.heading, new.fields);
+        END"""
+    )
+    conn.execute(
+        """CREATE TRIGGER chunks_fts_ad AFTER DELETE ON chunks BEGIN
+            INSERT INTO chunks_fts(chunks_fts, rowid, text, heading, fields)
+            VALUES ('delete', old.id, old.text, old.heading, old.fields);
+        END"""
+    )
+    conn.execute(
+        """CREATE TRIGGER chunks_fts_au AFTER UPDATE ON chunks BEGIN
+            INSERT INTO chunks_fts(chunks_fts, rowid, text, heading, fields)
+            VALUES ('delete', old.id, old.text, old.heading, old.fields);
+            INSERT INTO chunks_fts(rowid, text, heading, fields) VALUES (new.id, new.text, new.heading, new.fields);
+        END"""
+    )
+    conn.execute("INSERT INTO chunks_fts(chunks_fts) VALUES ('rebuild')")  # existing chunks: fields filled on re-ingest
 
 
 def migrate(conn: Connection, path: Path, transaction: Callable) -> None:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Protocol
 
 import numpy as np
@@ -184,22 +185,42 @@ def _upsert(conn: Connection, doc: DocumentRecord, status: str, error: str | Non
         (doc.path, doc.size, doc.mtime_ns, doc.sha256, doc.kind, doc.title, status, error, n_chunks, time.time()),
     ).fetchone()
     conn.execute("DELETE FROM chunks WHERE doc_id = ?", (row[0],))  # triggers drop their FTS rows and vectors
+    conn.execute("DELETE FROM doc_lines WHERE doc_id = ?", (row[0],))  # and triggers decrement the line counts
     return int(row[0])
 
 
-def write_document(conn: Connection, doc: DocumentRecord, chunks: Sequence[ChunkLike], vectors: np.ndarray) -> int:
+def document_fields(path: str, title: str) -> str:
+    """What FTS indexes as every chunk's document fields: the file's name (its stem, "git-stash") and title."""
+    stem = PurePath(path).stem
+    return stem if not title or title.lower() == stem.lower() else f"{stem}\n{title}"
+
+
+def write_document(
+    conn: Connection,
+    doc: DocumentRecord,
+    chunks: Sequence[ChunkLike],
+    vectors: np.ndarray,
+    *,
+    line_keys: Iterable[int] = (),
+    masked: str = "",
+) -> int:
     """Replace whatever is stored for ``doc.path`` by these chunks and vectors, status 'done'. Returns the doc id.
 
-    One transaction: the old chunks, FTS rows and vectors go and the new ones arrive together, or nothing changes.
+    ``line_keys`` are the document's candidate line keys (counted across documents, see :mod:`.cleaning`) and
+    ``masked`` the fingerprint of those masked when it was chunked. One transaction: the old chunks, FTS rows,
+    vectors and line keys go and the new ones arrive together, or nothing changes.
     """
     if not chunks:
         raise ValueError("a done document needs at least one chunk; use mark_failed")
+    fields = document_fields(doc.path, doc.title)
     with transaction(conn):
         doc_id = _upsert(conn, doc, "done", None, len(chunks))
+        conn.execute("UPDATE documents SET masked = ? WHERE id = ?", (masked, doc_id))
+        conn.executemany("INSERT INTO doc_lines(doc_id, key) VALUES (?, ?)", ((doc_id, k) for k in set(line_keys)))
         conn.executemany(
-            """INSERT INTO chunks(doc_id, ord, text, char_start, char_end, location, heading)
-               VALUES (?, ?, ?, ?, ?, ?, ?)""",
-            ((doc_id, i, c.text, c.start, c.end, c.location, c.heading) for i, c in enumerate(chunks)),
+            """INSERT INTO chunks(doc_id, ord, text, char_start, char_end, location, heading, fields)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+            ((doc_id, i, c.text, c.start, c.end, c.location, c.heading, fields) for i, c in enumerate(chunks)),
         )
         ids = [r[0] for r in conn.execute("SELECT id FROM chunks WHERE doc_id = ? ORDER BY ord", (doc_id,))]
         put_vectors(conn, ids, vectors)
@@ -224,6 +245,39 @@ def delete_documents(conn: Connection, doc_ids: Sequence[int]) -> None:
         conn.executemany("DELETE FROM documents WHERE id = ?", ((int(i),) for i in doc_ids))
 
 
+def done_documents(conn: Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM documents WHERE status = 'done'").fetchone()[0])
+
+
+def line_counts(conn: Connection, keys: Iterable[int]) -> dict[int, int]:
+    """``{key: documents holding that line}`` for the given line keys (absent keys are held by none)."""
+    keys, found = list(keys), {}
+    for i in range(0, len(keys), 500):  # SQLite's bound-parameter limit
+        part = keys[i : i + 500]
+        sql = f"SELECT key, docs FROM line_counts WHERE key IN ({','.join('?' * len(part))})"
+        found.update(conn.execute(sql, part).fetchall())
+    return found
+
+
+def document_lines(conn: Connection, doc_id: int) -> set[int]:
+    return {r[0] for r in conn.execute("SELECT key FROM doc_lines WHERE doc_id = ?", (doc_id,))}
+
+
+def repeated_lines(conn: Connection, least: int) -> dict[int, set[int]]:
+    """``{doc id: its line keys held by at least ``least`` documents}``, for the documents that have any."""
+    sql = """SELECT l.doc_id, l.key FROM line_counts c JOIN doc_lines l ON l.key = c.key WHERE c.docs >= ?"""
+    found: dict[int, set[int]] = {}
+    for doc_id, k in conn.execute(sql, (least,)):
+        found.setdefault(doc_id, set()).add(k)
+    return found
+
+
+def masked_fingerprints(conn: Connection) -> dict[int, tuple[str, str]]:
+    """``{doc id: (path, masked fingerprint)}`` of every done document."""
+    rows = conn.execute("SELECT id, path, masked FROM documents WHERE status = 'done'")
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
 def documents_under(conn: Connection, root: str) -> list[sqlean.Row]:
     """Documents whose path is inside folder ``root`` (an absolute, resolved path)."""
     prefix = root.rstrip(os.sep) + os.sep
@@ -233,9 +287,11 @@ def documents_under(conn: Connection, root: str) -> list[sqlean.Row]:
 
 
 # --- reads for search -----------------------------------------------------------------------------------------------
-def fts_search(conn: Connection, match: str, n: int) -> list[int]:
-    """Chunk ids best first by BM25 for an FTS5 MATCH expression (already sanitised by the caller)."""
-    sql = "SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY bm25(chunks_fts, 1.0, 0.5) LIMIT ?"
+def fts_search(conn: Connection, match: str, n: int, weights: Sequence[float] = (1.0, 0.5, 0.0)) -> list[int]:
+    """Chunk ids best first by BM25 for an FTS5 MATCH expression (already sanitised by the caller); ``weights``
+    scale the text, heading and document-fields columns' BM25 (FTS5's bm25() takes one weight per column)."""
+    w = ", ".join(f"{float(x):.6g}" for x in weights)  # numbers we format ourselves, never user text
+    sql = f"SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY bm25(chunks_fts, {w}) LIMIT ?"
     return [r[0] for r in conn.execute(sql, (match, n))]
 
 
@@ -314,4 +370,11 @@ def verify(conn: Connection) -> list[str]:
            AND (d.n_chunks = 0 OR d.n_chunks != (SELECT count(*) FROM chunks c WHERE c.doc_id = d.id))"""
     ).fetchall()
     problems += [f"done document without its chunks: {r[0]}" for r in bad]
+    off = conn.execute(
+        """SELECT count(*) FROM (SELECT key, count(*) AS n FROM doc_lines GROUP BY key) d
+           LEFT JOIN line_counts c USING (key) WHERE c.docs IS NOT d.n"""
+    ).fetchone()[0]
+    off += conn.execute("SELECT count(*) FROM line_counts WHERE key NOT IN (SELECT key FROM doc_lines)").fetchone()[0]
+    if off:
+        problems.append(f"line counts differ from the documents' lines for {off} keys")
     return problems
