@@ -232,7 +232,7 @@ def bench_answers(kb: str, questions: list[dict]) -> None:
         gold = {page(g) for g in q["gold"]}
         cited += any(page(c["path"]) in gold for c in r["citations"])
         unsupported_numbers += _numbers_missing(r, conn)
-        plain = chat.run(q["question"], model="default", gen=_greedy(160))  # the same cached Model
+        plain = chat.run(q["question"], model="default", use_kb=False, gen=_greedy(160))  # the same cached Model
         without += _contains(plain["answer"], q["expect"])
     abstained = 0
     for q in unanswerable:
