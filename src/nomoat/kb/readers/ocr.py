@@ -37,6 +37,11 @@ MAX_SIDE = 2000
 (both engines were measured at 150 dpi, 1275 x 1650 for a letter page)."""
 
 
+# The PP-OCR recognition model is Chinese/English: it writes ASCII punctuation in its full-width forms
+# ("read.table（"x"），" for 'read.table("x"),'). U+FF01-FF5E map one to one onto U+0021-007E.
+_FULL_WIDTH = {code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
+
+
 class OcrUnavailable(ReadError):
     """The engine is not installed; str(e) says how to install it."""
 
@@ -79,7 +84,7 @@ class RapidOcr:
         for points, text, score in result or ():
             if score >= 0.5 and text.strip():  # the package's own text_score cut
                 xs, ys = [p[0] for p in points], [p[1] for p in points]
-                boxes.append((min(xs), min(ys), max(xs), max(ys), text.strip()))
+                boxes.append((min(xs), min(ys), max(xs), max(ys), text.strip().translate(_FULL_WIDTH)))
         return layout(boxes)
 
 
