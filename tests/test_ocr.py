@@ -219,6 +219,25 @@ def test_pdf_limits_pages_and_time_per_page(tmp_path: Path, fake_ocr: type[FakeO
         read_file(scan, ocr=OcrConfig(page_timeout_s=0.2, max_pages=1))  # no text at all: the file fails
 
 
+def test_a_timeout_inside_an_engine_that_wraps_errors_is_still_a_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Wrapping:  # rapidocr re-raises whatever onnxruntime raised as its own ONNXRuntimeError
+        def read(self, image: Image.Image) -> str:
+            try:
+                time.sleep(5)
+            except PageTimeout as exc:
+                raise RuntimeError("inference failed") from exc
+            return "never"
+
+    monkeypatch.setitem(ocr.ENGINES, "rapidocr", Wrapping)  # type: ignore[arg-type]
+    ocr.engine.cache_clear()
+    (tmp_path / "shot.png").write_bytes(encode(picture(), "PNG"))
+    with pytest.raises(ReadError, match=r"shot.png \(OCR\): OCR timed out after 0.1 s"):
+        read_file(tmp_path / "shot.png", ocr=OcrConfig(page_timeout_s=0.1))
+    ocr.engine.cache_clear()
+
+
 def test_a_page_deadline_pauses_the_outer_alarm() -> None:
     class Outer(Exception):
         pass

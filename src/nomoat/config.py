@@ -139,9 +139,10 @@ class OcrConfig:
     bombs (a 20,000 x 20,000 PNG is 1.2 GB of RGB) and posters nobody meant to index."""
     max_pages: int = 300
     """Most pages and images OCR'd in one file; the rest are listed as not read (with the file's other text kept)."""
-    page_timeout_s: float = 60.0
-    """Wall-clock limit for rendering and OCR of one page or image. This time does not count against the
-    file's ``file_timeout_s``, so a long scanned PDF is bounded by ``max_pages`` x this instead."""
+    page_timeout_s: float = 180.0
+    """Wall-clock limit for the OCR of one page or image (a page of a manual takes seconds to tens of seconds on
+    two busy cores: docs/benchmarks.md). This time does not count against ``file_timeout_s``, so a long scanned
+    PDF is bounded by ``max_pages`` x this instead."""
     min_page_chars: int = 20
     """A PDF page with an image and fewer letters and digits than this in its text layer (none, or a page number)
     is a scan: it is rendered and OCR'd whole."""

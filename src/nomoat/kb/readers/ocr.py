@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from nomoat.config import OcrConfig, default_threads
 from nomoat.errors import UserError
-from nomoat.kb.readers.limits import page_deadline
+from nomoat.kb.readers.limits import PageTimeout, page_deadline
 from nomoat.kb.readers.text import ReadError, Span, normalize, short
 
 if TYPE_CHECKING:
@@ -144,9 +144,19 @@ def engine(name: str) -> Engine:
 def read_picture(image: Image.Image, config: OcrConfig) -> str:
     """OCR one picture under ``config.page_timeout_s``: "" when it holds no text (a photo, a chart without
     labels). Raises ReadError when the engine is missing or fails; PageTimeout (limits) past the time limit."""
-    with page_deadline(config.page_timeout_s):
-        image = prepare(image)
-        text = normalize(engine(config.engine).read(image)).strip()
+    reader = engine(config.engine)
+    try:
+        with page_deadline(config.page_timeout_s):
+            text = normalize(reader.read(prepare(image))).strip()
+    except (ReadError, PageTimeout):
+        raise
+    except Exception as exc:  # rapidocr wraps whatever onnxruntime raised, our alarm's PageTimeout included
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, PageTimeout):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise PageTimeout from None
+        raise ReadError(short(f"OCR failed: {type(exc).__name__}: {exc}")) from exc
     return text if len(re.findall(r"[^\W_]", text)) >= config.min_text_chars else ""
 
 
