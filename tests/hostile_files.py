@@ -7,6 +7,7 @@ raise ReadError whose message contains the keyword returned for that file name (
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import struct
@@ -63,6 +64,10 @@ def make_pdf(pages: list[str]) -> bytes:
 
 
 _W_NS = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+_WP_NS = "http://schemas.openxmlformats.org/drawingml/2006/wordprocessingDrawing"
+_A_NS = "http://schemas.openxmlformats.org/drawingml/2006/main"
+_PIC_NS = "http://schemas.openxmlformats.org/drawingml/2006/picture"
+_R_NS = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
 _STYLES = (
     f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?><w:styles xmlns:w="{_W_NS}">'
     '<w:style w:type="paragraph" w:styleId="Title"><w:name w:val="Title"/></w:style>'
@@ -79,11 +84,21 @@ def _esc(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def make_docx(blocks: list[tuple[str, str | list[list[str]]]]) -> bytes:
+def make_docx(blocks: list[tuple[str, str | list[list[str]]]], media: dict[str, bytes] | None = None) -> bytes:
     """A minimal valid .docx. blocks: ("Title"|"Heading1"|"Heading2"|"MyHeading"|"List"|"" , text) paragraphs,
-    or ("table", [[cell, ...], ...])."""
+    ("table", [[cell, ...], ...]), or ("picture", name): a paragraph holding the picture word/media/name from
+    ``media`` (a DrawingML inline picture, as Word writes one)."""
     body = []
+    pictures = {name: f"rIdPic{i}" for i, name in enumerate(media or {}, 1)}
     for style, content in blocks:
+        if style == "picture":
+            body.append(
+                f'<w:p><w:r><w:drawing><wp:inline xmlns:wp="{_WP_NS}"><a:graphic xmlns:a="{_A_NS}"><a:graphicData>'
+                f'<pic:pic xmlns:pic="{_PIC_NS}"><pic:blipFill>'
+                f'<a:blip xmlns:r="{_R_NS}" r:embed="{pictures[content]}"/>'
+                "</pic:blipFill></pic:pic></a:graphicData></a:graphic></wp:inline></w:drawing></w:r></w:p>"
+            )
+            continue
         if style == "table":
             rows = "".join(
                 "<w:tr>" + "".join(f"<w:tc><w:p><w:r><w:t>{_esc(c)}</w:t></w:r></w:p></w:tc>" for c in row) + "</w:tr>"
@@ -121,15 +136,20 @@ def make_docx(blocks: list[tuple[str, str | list[list[str]]]]) -> bytes:
             f'<Relationship Id="rId1" Type="{rel}/officeDocument" Target="word/document.xml"/></Relationships>',
             "word/_rels/document.xml.rels": '<?xml version="1.0" encoding="UTF-8"?>'
             '<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
-            f'<Relationship Id="rId1" Type="{rel}/styles" Target="styles.xml"/></Relationships>',
+            f'<Relationship Id="rId1" Type="{rel}/styles" Target="styles.xml"/>'
+            + "".join(
+                f'<Relationship Id="{rid}" Type="{rel}/image" Target="media/{name}"/>' for name, rid in pictures.items()
+            )
+            + "</Relationships>",
             "word/document.xml": document,
             "word/styles.xml": _STYLES,
+            **{f"word/media/{name}": data for name, data in (media or {}).items()},
         }
     )
     return buf
 
 
-def _zip(parts: dict[str, str]) -> bytes:
+def _zip(parts: dict[str, str | bytes]) -> bytes:
     import io
 
     buf = io.BytesIO()
@@ -163,6 +183,39 @@ def make_zip_bomb_docx(expanded_mb: int = 256) -> bytes:
     return local + data + central + end
 
 
+@functools.cache  # ~0.3 s at 20,000, and several tests write the hostile folder
+def make_png_bomb(side: int) -> bytes:
+    """A valid side x side 1-bit PNG of zeros: 220 KB at 20,000 x 20,000, which is 1.2 GB once decoded to RGB.
+
+    Rows are compressed a thousand at a time, so even a 20,000 x 20,000 one takes a moment and little memory.
+    """
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    compressor = zlib.compressobj(1)
+    row = bytes(1 + (side + 7) // 8)  # filter byte 0, then the row's bits
+    rows = row * 1000
+    idat = b"".join(compressor.compress(rows[: len(row) * min(1000, side - i)]) for i in range(0, side, 1000))
+    idat += compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # bit depth 1, greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def make_jpeg(width: int, height: int) -> bytes:
+    """A JPEG with some structure (stripes and a gradient), for truncation."""
+    import io
+
+    from PIL import Image
+
+    image = Image.linear_gradient("L").resize((width, height)).convert("RGB")
+    for x in range(0, width, 40):
+        image.paste((200, 30, 30), (x, 0, x + 10, height))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
 def make_hostile_folder(root: Path, *, fifo: bool = False) -> dict[str, str]:
     """Write hostile files into `root`; return file name → keyword expected in str(ReadError) (lowercase compare).
 
@@ -183,6 +236,8 @@ def make_hostile_folder(root: Path, *, fifo: bool = False) -> dict[str, str]:
         "not_a_zip.docx": (b"This is plain text with a .docx suffix.\n", "not a docx"),
         "malformed.pdf": (b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\ngarbage", "malformed pdf"),
         "truncated.pdf": (make_pdf(["one", "two"])[:200], "malformed pdf"),
+        "bomb.png": (make_png_bomb(20_000), "image too large"),
+        "truncated.jpg": (make_jpeg(640, 480)[:6000], "damaged image"),
     }
     for name, (data, _) in files.items():
         (root / name).write_bytes(data)

@@ -31,7 +31,11 @@ def check(doc: Extracted, chunks: list[Chunk], target: int) -> None:
         covered = max(covered, c.end)
         first, last = text.count("\n", 0, c.start) + 1, text.count("\n", 0, c.end) + 1
         lines = f"line {first}" if first == last else f"lines {first}-{last}"
-        if doc.kind == "pdf":
+        span = next((span for span in doc.ocr if span[0] <= c.start < span[1]), None)
+        if span is not None:
+            assert c.end <= span[1] and c.location == span[2], "chunk crosses an OCR span's edge"
+        elif doc.kind == "pdf":
+            assert not any(a < c.end <= b or a < c.start < b for a, b, _ in doc.ocr), "chunk runs into OCR text"
             bounds = [*doc.pages, len(text)]
             page = next(i for i in range(len(doc.pages)) if bounds[i] <= c.start < bounds[i + 1])
             assert c.end <= bounds[page + 1], "chunk crosses a page boundary"
@@ -227,3 +231,26 @@ def test_embedding_text_heads_a_chunk_with_file_title_and_heading_once() -> None
     assert html == "git-stash > git-stash(1) Manual Page > NAME\nbody"  # the title is inside the heading
     assert embedding_text("/d/notes.txt", "", "", "body") == "notes\nbody"
     assert embedding_text("/d/q3.pdf", "Quarterly report", "", "body") == "q3 > Quarterly report\nbody"
+
+
+@pytest.mark.parametrize("target", [20, 200])
+def test_ocr_spans_are_chunked_apart_and_located(target: int) -> None:
+    from nomoat.kb.readers.ocr import join_blocks
+
+    rng = random.Random(5)
+    words = ["pump", "valve", "filter", "pressure", "bar", "May", "replace", "check"]
+
+    def para(n: int) -> str:
+        return " ".join(rng.choice(words) for _ in range(n)) + "."
+
+    page1, spans1 = join_blocks([(para(120), None), (para(60), "image 1 on page 1 (OCR)"), (para(9), None)])
+    page2, spans2 = join_blocks([(para(150) + "\n\n" + para(40), "page 2, scanned (OCR)")])
+    text = page1 + "\n\n" + page2
+    start2 = len(page1) + 2
+    ocr = (*spans1, *((a + start2, b + start2, where) for a, b, where in spans2))
+    doc = Extracted(text, "pdf", pages=(0, start2), ocr=ocr)
+    chunks = chunk(doc, target_tokens=target, overlap_tokens=target // 5)
+    check(doc, chunks, target)
+    assert {c.location for c in chunks} == {"page 1", "image 1 on page 1 (OCR)", "page 2, scanned (OCR)"}
+    photo = Extracted("Budget meeting moved to Thursday.", "image", ocr=((0, 33, "note.png (OCR)"),))
+    assert [c.location for c in chunk(photo)] == ["note.png (OCR)"]

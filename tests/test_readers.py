@@ -137,9 +137,10 @@ def test_unknown_suffix_is_sniffed(tmp_path: Path) -> None:
 
 
 def test_supported() -> None:
-    for name in ("a.txt", "A.MD", "x.rst", "i.html", "p.pdf", "d.docx", "s.py", "s.rs", "d.csv", "d.json", "README"):
+    for name in ("a.txt", "A.MD", "x.rst", "i.html", "p.pdf", "d.docx", "s.py", "s.rs", "d.csv", "d.json", "README",
+                 "a.png", "b.JPG", "c.tiff", "d.webp", "e.gif", "f.bmp"):  # fmt: skip
         assert supported(Path(name)), name
-    for name in ("a.png", "a.exe", "a.doc", "noext", ".env"):
+    for name in ("a.svg", "a.exe", "a.doc", "noext", ".env"):
         assert not supported(Path(name)), name
 
 

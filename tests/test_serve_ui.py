@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from fakes import FakeEmbedder
+from pictures import SANS, draw_text, image_pdf
 from test_serve import FakeModel, live
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -118,4 +119,38 @@ def test_chat_streams_and_knowledge_base_answers_show_openable_citations(browser
         source = page.wait_for_selector(".source mark")
         assert "hunter42" in source.text_content()
         assert "router is in 3B" in page.text_content(".source")  # the whole cited passage, not just the quote
+        page.close()
+
+
+def test_a_cited_passage_read_by_ocr_says_so(browser: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nomoat.kb import ingest, store
+    from nomoat.kb.readers import ocr
+
+    class Scanner:  # the OCR engine's stand-in: this "scan" reads as a sentence (tests/test_ocr.py has the real one)
+        def read(self, image: Any) -> str:
+            return "The office wifi password is hunter42. The router is in 3B."
+
+    (tmp_path / "scan.pdf").write_bytes(image_pdf([draw_text([("scan", SANS, 30)])]))
+    monkeypatch.setitem(ocr.ENGINES, "rapidocr", Scanner)
+    ocr.engine.cache_clear()
+    ingest.run([str(tmp_path)], kb="default", embedder=FakeEmbedder(), progress=False)
+    ocr.engine.cache_clear()
+    with store.connect("default") as conn:
+        (chunk_id,) = [r[0] for r in conn.execute("SELECT id FROM chunks")]
+        row = store.get_chunks(conn, [chunk_id])[chunk_id]
+    assert row["location"] == "page 1, scanned (OCR)"
+    hit = {"path": row["path"], "location": row["location"], "text": row["text"], "chunk_id": chunk_id, "cosine": 0.9}
+    model = FakeModel("The office wifi password is hunter42 [1].")
+    with live(model, retrieve=lambda query, kb="default", k=5: [dict(hit)]) as url:
+        page = browser.new_page()
+        page.goto(url + "/")
+        page.wait_for_selector("#kbs li strong")
+        page.fill("#message", "What is the office wifi password?")
+        page.click("#send")
+        citation = page.wait_for_selector(".citation button")
+        assert "page 1, scanned (OCR)" in citation.text_content()
+        citation.click()
+        page.wait_for_selector(".source mark")
+        assert "Read from a picture by OCR" in page.text_content(".source .ocr")
+        assert "hunter42" in page.text_content(".source mark")
         page.close()

@@ -65,16 +65,25 @@ def models(paths: Sequence[str | Path] = ()) -> list[dict[str, Any]]:
 
 def ingest(
     paths: str | Path | Sequence[str | Path], *, kb: str = DEFAULT_KB, progress: bool = False,
-    embedder: Embedder | None = None,
+    embedder: Embedder | None = None, ocr: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """``nomoat ingest``: bring knowledge base ``kb`` up to date with the files under ``paths``.
 
-    Returns ``{"added", "updated", "unchanged", "removed", "failed": [{"path", "error"}], "chunks", "skipped"}``.
-    ``embedder`` replaces the KB's (tests pass a fake); ``progress`` shows a bar on a terminal's stderr.
+    Returns ``{"added", "updated", "unchanged", "removed", "failed": [{"path", "error"}], "chunks", "skipped",
+    "incomplete": [{"path", "error"}]}``. ``ocr`` names the engine for images and scanned pages ("rapidocr",
+    "tesseract", or "off"; UserError when it is not installed). ``embedder`` replaces the KB's (tests pass a
+    fake); ``progress`` shows a bar on a terminal's stderr.
     """
+    from nomoat.config import IngestConfig
     from nomoat.kb import ingest as stage
 
-    return stage.run(paths, kb, embedder=embedder, progress=progress)
+    config = IngestConfig()
+    if ocr is not None:
+        from nomoat.kb.readers.ocr import check_engine
+
+        check_engine(ocr)
+        config.ocr.engine = ocr
+    return stage.run(paths, kb, embedder=embedder, progress=progress, config=config)
 
 
 def search(query: str, *, kb: str = DEFAULT_KB, k: int | None = None, embedder: Embedder | None = None) -> list[Hit]:

@@ -238,6 +238,8 @@ def _setup_ingest(p: argparse.ArgumentParser, c: Any) -> None:
 
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders to add; re-run to sync changes")
     _kb_flag(p, c)
+    p.add_argument("--ocr", choices=c.OCR_ENGINES, help="how images and scanned pages are read: 'off' skips them "
+                   f"(default: {c.OcrConfig.engine})")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the summary as JSON (the progress bar stays on stderr)")
 
 

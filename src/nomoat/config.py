@@ -121,6 +121,37 @@ class StoreConfig:
     """How long a writer waits for another connection's lock before SQLite raises 'database is locked'."""
 
 
+OCR_ENGINES = ("rapidocr", "tesseract", "off")
+"""What ``--ocr`` accepts (``nomoat.kb.readers.ocr.ENGINES`` and "off")."""
+
+
+@dataclass
+class OcrConfig:
+    """Reading text from pictures: image files, scanned PDF pages, and images inside PDF and DOCX files."""
+
+    engine: str = "rapidocr"
+    """"rapidocr" (PP-OCR models inside the rapidocr-onnxruntime wheel; the better of the two on the R manuals,
+    docs/benchmarks.md), "tesseract" (needs Debian's tesseract-ocr), or "off"."""
+    dpi: int = 150
+    """Resolution a scanned PDF page is rendered at before OCR (CER 0.4% at 150 dpi on the R manuals)."""
+    max_pixels: int = 64_000_000
+    """An image with more pixels than this (about 8000 x 8000) is refused before it is decoded: decompression
+    bombs (a 20,000 x 20,000 PNG is 1.2 GB of RGB) and posters nobody meant to index."""
+    max_pages: int = 300
+    """Most pages and images OCR'd in one file; the rest are listed as not read (with the file's other text kept)."""
+    page_timeout_s: float = 180.0
+    """Wall-clock limit for the OCR of one page or image (a page of a manual takes seconds to tens of seconds on
+    two busy cores: docs/benchmarks.md). This time does not count against ``file_timeout_s``, so a long scanned
+    PDF is bounded by ``max_pages`` x this instead."""
+    min_page_chars: int = 20
+    """A PDF page with an image and fewer letters and digits than this in its text layer (none, or a page number)
+    is a scan: it is rendered and OCR'd whole."""
+    min_image_side: int = 48
+    """Images narrower or shorter than this many pixels (icons, bullets, rules) are never OCR'd."""
+    min_text_chars: int = 4
+    """OCR output with fewer letters and digits than this is noise from a photo or a drawing, not text."""
+
+
 @dataclass
 class IngestConfig:
     """Walking, reading, chunking and embedding files into a knowledge base."""
@@ -146,6 +177,8 @@ class IngestConfig:
     """... and by at least this many documents (a KB smaller than this masks nothing)."""
     skip_dirs: tuple[str, ...] = ("node_modules", "__pycache__")
     """Directory names never descended into (hidden directories such as .git are always skipped)."""
+    ocr: OcrConfig = field(default_factory=OcrConfig)
+    """Text from images and scanned pages."""
 
 
 @dataclass

@@ -6,19 +6,22 @@ block), and blocks larger than the target at sentence, line or word ends. Blocks
 `target_tokens`; the next chunk of the same section starts with about `overlap_tokens` of the previous one's tail.
 
 Invariants (tested): `chunk.text == doc.text[chunk.start:chunk.end]`; no chunk is empty or starts/ends with
-whitespace; every non-blank character of the text is in some chunk; no chunk crosses a PDF page boundary.
+whitespace; every non-blank character of the text is in some chunk; no chunk crosses a PDF page boundary or the
+edge of a span read by OCR.
 Everything works on offsets into the one text, so chunking is linear in its length.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 
 from nomoat.kb.readers import Extracted
+from nomoat.kb.readers.text import Span
 
 CHARS_PER_TOKEN = 4
 """English prose is ~4 characters per BPE/WordPiece token; code is a bit denser, CJK much denser."""
@@ -31,7 +34,8 @@ class Chunk:
     start: int
     end: int
     location: str
-    """"page 3" (pdf), "lines 10-24" / "line 7" (text kinds), "§ Install > Linux" (html/docx with a heading)."""
+    """"page 3" (pdf), "lines 10-24" / "line 7" (text kinds), "§ Install > Linux" (html/docx with a heading), or
+    where OCR read it ("page 3, scanned (OCR)", "image 2 on page 5 (OCR)", "photo.jpg (OCR)": Extracted.ocr)."""
     heading: str
     """Heading path "Install > Linux", or "" (pdf, text, code, or before the first heading)."""
 
@@ -81,6 +85,8 @@ def chunk(doc: Extracted, *, target_tokens: int = 200, overlap_tokens: int = 30)
         sections = _sections(text, _rst_headings(text))
     else:
         sections = [(0, len(text), "", 0)]
+    if doc.ocr:
+        sections = _apart(sections, doc.ocr)
 
     chunks: list[Chunk] = []
     line_pos, line_no = 0, 1
@@ -90,7 +96,10 @@ def chunk(doc: Extracted, *, target_tokens: int = 200, overlap_tokens: int = 30)
         ):
             line_no += text.count("\n", line_pos, a)  # starts never go backwards, so this stays linear
             line_pos = a
-            if page:
+            span = _span_at(doc.ocr, a) if doc.ocr else None
+            if span:
+                location = span[2]
+            elif page:
                 location = f"page {page}"
             elif heading and doc.kind in ("html", "docx"):
                 location = f"§ {heading}"
@@ -204,6 +213,23 @@ def _sections(text: str, headings: list[Heading]) -> list[Section]:
 def _clean_title(title: str) -> str:
     title = " ".join(title.replace("¶", "").split())
     return title if len(title) <= 100 else title[:99] + "…"
+
+
+def _apart(sections: list[Section], spans: Sequence[Span]) -> list[Section]:
+    """Sections cut at the edges of the OCR'd spans, so each span is chunked on its own and a chunk's location
+    can say which picture it was read from."""
+    edges = sorted({e for a, b, _ in spans for e in (a, b)})
+    out: list[Section] = []
+    for start, end, heading, page in sections:
+        cuts = [start, *(e for e in edges[bisect.bisect_right(edges, start) :] if e < end), end]
+        out += [(a, b, heading, page) for a, b in itertools.pairwise(cuts) if a < b]
+    return out
+
+
+def _span_at(spans: Sequence[Span], pos: int) -> Span | None:
+    """The OCR'd span holding ``pos`` (spans are in order and apart)."""
+    i = bisect.bisect_right(spans, pos, key=lambda span: span[0]) - 1
+    return spans[i] if i >= 0 and spans[i][0] <= pos < spans[i][1] else None
 
 
 # --- blocks, pieces and packing ----------------------------------------------------------------------------------

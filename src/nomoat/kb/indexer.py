@@ -28,6 +28,7 @@ from nomoat.config import IngestConfig
 from nomoat.kb import cleaning, store
 from nomoat.kb.chunking import Chunk, chunk, embedding_text
 from nomoat.kb.readers import read_file
+from nomoat.kb.readers.ocr import ProgressFn
 from nomoat.kb.readers.text import Extracted, ReadError
 
 if TYPE_CHECKING:
@@ -78,11 +79,12 @@ def time_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def read(path: Path, cfg: IngestConfig) -> Extracted | str:
-    """The document's text, or the reason it cannot be read (under the per-file time limit)."""
+def read(path: Path, cfg: IngestConfig, progress: ProgressFn | None = None) -> Extracted | str:
+    """The document's text, or the reason it cannot be read (under the per-file time limit; time spent on OCR
+    does not count against it: each page has its own, ``cfg.ocr.page_timeout_s``)."""
     try:
         with time_limit(cfg.file_timeout_s):
-            return read_file(path, max_bytes=cfg.max_file_bytes)
+            return read_file(path, max_bytes=cfg.max_file_bytes, ocr=cfg.ocr, progress=progress)
     except _Timeout:
         return f"timed out after {cfg.file_timeout_s:g} s"
     except ReadError as exc:

@@ -46,10 +46,12 @@ def run(
 ) -> dict[str, Any]:
     """Bring knowledge base ``kb`` up to date with the files under ``paths`` (files or folders).
 
-    Returns ``{"added", "updated", "unchanged", "removed", "failed": [{"path", "error"}], "chunks", "skipped"}``:
-    counts of files; ``removed`` counts documents dropped because their file is gone; ``chunks`` is the number of
-    chunks written by this run (for added and updated files); ``skipped`` counts files found in folders whose type
-    nomoat does not read (a file named explicitly is tried anyway, and lands in ``failed`` if unreadable).
+    Returns ``{"added", "updated", "unchanged", "removed", "failed": [{"path", "error"}], "chunks", "skipped",
+    "incomplete": [{"path", "error"}]}``: counts of files; ``removed`` counts documents dropped because their file
+    is gone; ``chunks`` is the number of chunks written by this run (for added and updated files); ``skipped``
+    counts files found in folders whose type nomoat does not read (a file named explicitly is tried anyway, and
+    lands in ``failed`` if unreadable); ``incomplete`` lists parts of ingested files that could not be read
+    ("page 7: OCR timed out after 60 s").
     ``embedder`` defaults to the KB's recorded one (or the default for a new KB); passing a different one
     re-embeds every stored chunk first. Raises UserError for a missing path or when nothing is ingestible.
     """
@@ -64,7 +66,7 @@ def run(
             f"nothing to ingest under {names}: no files nomoat reads (text, markdown, html, pdf, docx, ...)"
         )
     counts: dict[str, Any] = {"added": 0, "updated": 0, "unchanged": 0, "removed": 0, "failed": [], "chunks": 0,
-                              "boilerplate_lines": 0, "recleaned": 0}  # fmt: skip
+                              "boilerplate_lines": 0, "recleaned": 0, "incomplete": []}  # fmt: skip
     with store.kb_lock(kb), store.connect(kb, create=True) as conn:
         state = Indexer(conn, config, embedder, counts)
         if embedder is not None:
@@ -155,12 +157,35 @@ def _ingest_files(state: Indexer, files: Sequence[Path], kb: str, progress: bool
     show = progress and sys.stderr.isatty()
     with tqdm(total=len(files), desc=f"ingest {kb}", unit="file", file=sys.stderr, disable=not show) as bar:
         for path in files:
-            _ingest_one(state, path)
+            with _PageBar(path.name, show) as pages:
+                _ingest_one(state, path, pages)
             bar.update(1)
         state.finish()
 
 
-def _ingest_one(state: Indexer, path: Path) -> None:
+class _PageBar:
+    """A second bar, under the files one, for a file whose pages or images are being OCR'd (seconds each)."""
+
+    def __init__(self, name: str, show: bool) -> None:
+        self.name, self.show, self.bar = name, show, None
+
+    def __call__(self, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=f"  OCR {self.name[:40]}", unit="page", file=sys.stderr,
+                            disable=not self.show, leave=False, position=1)  # fmt: skip
+        self.bar.update(done - self.bar.n)
+
+    def __enter__(self) -> _PageBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _ingest_one(state: Indexer, path: Path, pages: _PageBar | None = None) -> None:
     cfg, counts = state.config, state.counts
     try:
         st = path.stat()
@@ -188,9 +213,10 @@ def _ingest_one(state: Indexer, path: Path) -> None:
         store.touch_document(state.conn, row["id"], st.st_size, st.st_mtime_ns)
         counts["unchanged"] += 1
         return
-    doc = read(path, cfg)
+    doc = read(path, cfg, pages)
     if isinstance(doc, str):
         return state.fail(record, doc)
+    counts["incomplete"] += [{"path": str(path), "error": problem} for problem in doc.problems]
     record = store.DocumentRecord(str(path), st.st_size, st.st_mtime_ns, digest, doc.kind, doc.title)
     state.add(Read(record, doc, row["id"] if row is not None and row["status"] == "done" else None))
 
@@ -226,4 +252,5 @@ def format_report(r: dict[str, Any]) -> str:
         line += f"; {r['boilerplate_lines']} repeated lines masked"
         line += f", {r['recleaned']} documents re-chunked as what repeats changed" if r.get("recleaned") else ""
     failed = [f"  failed: {f['path']}: {f['error']}" for f in r["failed"]]
-    return "\n".join([line, *failed])
+    incomplete = [f"  not read: {f['path']}: {f['error']}" for f in r.get("incomplete", ())]
+    return "\n".join([line, *failed, *incomplete])

@@ -3,11 +3,14 @@
 Text kinds (text, markdown, rst, code, csv, json) keep the file's lines (CRLF and CR become LF), so "lines a-b" of
 the extracted text are the file's own lines. HTML and DOCX are rendered to markdown-like text so chunking sees their
 structure: headings become `#` lines, list items `- ` lines, table rows `a | b` lines, and HTML `<pre>` a ``` fence.
-PDF text is joined page by page; `Extracted.pages` holds where each page starts.
+PDF text is joined page by page; `Extracted.pages` holds where each page starts. Pictures are read by OCR
+(:mod:`.ocr`): image files (:mod:`.images`), scanned PDF pages and images inside PDF and DOCX files, with
+`Extracted.ocr` saying which spans of the text came from which picture.
 
-This module picks the reader and handles text kinds and encodings; :mod:`.html_page`, :mod:`.docx` and
-:mod:`.pdf` render those formats. Everything here is pure Python (stdlib, pypdf, charset-normalizer) and
-interruptible, so a caller may bound the time of one read with a signal alarm.
+This module picks the reader and handles text kinds and encodings; :mod:`.html_page`, :mod:`.docx`, :mod:`.pdf`
+and :mod:`.images` render those formats, within the bounds of :mod:`.limits`. Text formats are pure Python
+(stdlib, pypdf, charset-normalizer) and interruptible, so a caller may bound the time of one read with a signal
+alarm; OCR and PDF rendering run in native code, which sees the alarm between its calls.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import re
 import stat
 from pathlib import Path
 
-from nomoat.kb.readers import docx, html_page, pdf
+from nomoat.config import OcrConfig
+from nomoat.kb.readers import docx, html_page, images, pdf
+from nomoat.kb.readers.ocr import ProgressFn
 from nomoat.kb.readers.text import (
     BOMS,
     SNIFF,
@@ -40,6 +45,7 @@ _KINDS = {
     "html": ".html .htm .xhtml",
     "pdf": ".pdf",
     "docx": ".docx",
+    "image": images.SUFFIXES,
     "csv": ".csv .tsv",
     "json": ".json .jsonl .ndjson .geojson .ipynb",
     "code": """.py .pyi .pyx .js .mjs .cjs .jsx .ts .tsx .go .rs .c .h .cc .cpp .cxx .hpp .hh .hxx .java .kt .kts
@@ -77,15 +83,19 @@ def _kind(path: Path) -> str | None:
     return _KIND_OF.get(path.suffix.lower()) or _KIND_OF.get(path.name.lower())
 
 
-def read_file(path: Path, *, max_bytes: int = 64 * 2**20) -> Extracted:
+def read_file(
+    path: Path, *, max_bytes: int = 64 * 2**20, ocr: OcrConfig | None = None, progress: ProgressFn | None = None
+) -> Extracted:
     """Read one file into text.
 
     The reader is chosen by suffix (see `supported`); a file with an unknown suffix is read as plain text when its
-    bytes are text. Raises ReadError (Unsupported for binary, empty or non-regular files) and nothing else, except
-    TimeoutError, which passes through so that a caller's alarm handler can raise it.
+    bytes are text. Pictures are OCR'd as ``ocr`` says (default: ``OcrConfig()``), and ``progress(done, total)``
+    is called after each page or image OCR'd. Raises ReadError (Unsupported for binary, empty or non-regular
+    files) and nothing else, except TimeoutError, which passes through so that a caller's alarm handler can
+    raise it.
     """
     try:
-        return _read(Path(path), max_bytes)
+        return _read(Path(path), max_bytes, ocr or OcrConfig(), progress)
     except (ReadError, TimeoutError):
         raise
     except RecursionError:
@@ -96,15 +106,17 @@ def read_file(path: Path, *, max_bytes: int = 64 * 2**20) -> Extracted:
         raise ReadError(short(f"cannot read: {type(e).__name__}: {e}")) from e
 
 
-def _read(path: Path, max_bytes: int) -> Extracted:
+def _read(path: Path, max_bytes: int, ocr: OcrConfig, progress: ProgressFn | None) -> Extracted:
     kind = _kind(path)
     data = _read_bytes(path, max_bytes)
     if not data:
         raise Unsupported("empty file")
     if kind == "pdf":
-        doc = pdf.read_pdf(data)
+        doc = pdf.read_pdf(data, ocr, progress)
     elif kind == "docx":
-        doc = docx.read_docx(data, max_bytes)
+        doc = docx.read_docx(data, max_bytes, ocr, progress)
+    elif kind == "image":
+        doc = images.read_image(data, path.name, ocr, progress)
     else:
         # Binary: control bytes text never has, named by its signature when known (a signature alone could be
         # the first word of a note: "ID3 tags ...").
@@ -115,7 +127,12 @@ def _read(path: Path, max_bytes: int) -> Extracted:
                 raise Unsupported(f"binary file ({name})")
         doc = html_page.read_html(data) if kind == "html" else read_text(data, kind or "text", path.suffix.lower())
     if not doc.text.strip():
-        raise Unsupported("no text (scanned PDF? OCR is not supported)" if kind == "pdf" else "no text (blank)")
+        if doc.problems:
+            raise ReadError(doc.problems[0])
+        raise Unsupported(
+            ("no text (a scanned PDF, and OCR is off)" if ocr.engine == "off" else "no text, even by OCR")
+            if kind == "pdf" else "no text (blank)"
+        )  # fmt: skip
     return doc
 
 

@@ -1,14 +1,19 @@
 """DOCX -> markdown-like text, streamed so memory stays flat: headings (from styles or outline levels) as ``#``
-lines, list items, table rows; zip bombs and DTDs are refused."""
+lines, list items, table rows; zip bombs and DTDs are refused. With OCR on, each picture that holds text adds that
+text after its paragraph or table row, located as ``"image 2 (OCR)"`` (pictures numbered in document order)."""
 
 from __future__ import annotations
 
 import io
+import posixpath
 import re
 import zipfile
 from xml.etree import ElementTree as ET
 
-from nomoat.kb.readers.text import Extracted, ReadError, human_size, normalize
+from nomoat.config import OcrConfig
+from nomoat.kb.readers import images, ocr
+from nomoat.kb.readers.limits import PageTimeout
+from nomoat.kb.readers.text import Extracted, ReadError, Span, human_size, normalize, short
 
 _W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
 _MC_FALLBACK = "{http://schemas.openxmlformats.org/markup-compatibility/2006}Fallback"
@@ -16,9 +21,20 @@ _ZIP_MAX_ENTRIES = 10_000
 _ZIP_MAX_RATIO = 100  # deflated XML is 5-20x; bombs are 1000x
 _SMALL_PART = 32 * 2**20  # styles.xml / core.xml are read whole; real ones are kilobytes
 _HEADING_STYLE = re.compile(r"heading\s*([1-9])", re.I)
+_R = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}"
+_PICTURES = (
+    ("{http://schemas.openxmlformats.org/drawingml/2006/main}blip", f"{_R}embed"),
+    (
+        "{urn:schemas-microsoft-com:vml}imagedata",
+        f"{_R}id",  # VML, from older Word versions
+    ),
+)
+_RASTER = tuple(images.SUFFIXES.split())  # EMF/WMF/SVG drawings are vector art: no OCR
 
 
-def read_docx(data: bytes, max_bytes: int) -> Extracted:
+def read_docx(
+    data: bytes, max_bytes: int, config: OcrConfig | None = None, progress: ocr.ProgressFn | None = None
+) -> Extracted:
     try:
         z = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError):
@@ -37,8 +53,10 @@ def read_docx(data: bytes, max_bytes: int) -> Extracted:
         styles = _docx_styles(_small_xml(z, "word/styles.xml"))
         core = _small_xml(z, "docProps/core.xml")
         title = core.findtext("{http://purl.org/dc/elements/1.1/}title", "") if core is not None else ""
-        text, first_title = _docx_body(z, styles)
-    return Extracted(normalize(text), "docx", title=(title.strip() or first_title)[:200])
+        pictures = _Pictures(z, max_bytes, config, progress) if config and config.engine != "off" else None
+        text, first_title = _docx_body(z, styles, pictures)
+    spans, problems = (tuple(pictures.spans), tuple(pictures.problems)) if pictures else ((), ())
+    return Extracted(text, "docx", title=(title.strip() or first_title)[:200], ocr=spans, problems=problems)
 
 
 def _check_dtd(head: bytes, name: str) -> None:
@@ -92,16 +110,28 @@ def _run_text(p: ET.Element) -> str:
     )
 
 
-def _docx_body(z: zipfile.ZipFile, styles: dict[str, int]) -> tuple[str, str]:
-    """Stream word/document.xml: paragraphs, headings as `#` lines, list items, table rows; memory stays flat."""
+def _docx_body(z: zipfile.ZipFile, styles: dict[str, int], pictures: _Pictures | None) -> tuple[str, str]:
+    """Stream word/document.xml: paragraphs, headings as `#` lines, list items, table rows, then the text of the
+    pictures in them (into ``pictures.spans``); memory stays flat."""
     out: list[str] = []
     titles: list[str] = []
-    last_tight, fallback, tables = False, 0, 0
+    last_tight, fallback, tables, length = False, 0, 0, 0
 
-    def emit(text: str, tight: bool) -> None:
-        nonlocal last_tight
-        out.extend(["\n" if tight and last_tight else "\n\n", text] if out else [text])
+    def emit(text: str, tight: bool) -> int:
+        nonlocal last_tight, length
+        text = normalize(text)  # per block, so offsets counted here stay true
+        if out:
+            out.append("\n" if tight and last_tight else "\n\n")
+            length += len(out[-1])
+        out.append(text)
+        length += len(text)
         last_tight = tight
+        return length - len(text)
+
+    def emit_pictures(el: ET.Element) -> None:
+        for text, where in pictures.read(el) if pictures else ():
+            start = emit(text, False)
+            pictures.spans.append((start, start + len(text), where))
 
     parser = ET.XMLPullParser(events=("start", "end"))
     with z.open("word/document.xml") as f:
@@ -126,11 +156,15 @@ def _docx_body(z: zipfile.ZipFile, styles: dict[str, int]) -> tuple[str, str]:
                     else:
                         listed = el.find(f"{_W}pPr/{_W}numPr") is not None
                         emit(("- " + text) if listed else text, listed)
+                    emit_pictures(el)
+                elif el.tag == f"{_W}p" and not tables:
+                    emit_pictures(el)  # a paragraph that is only a picture
                 elif el.tag == f"{_W}tr" and tables == 1:
                     tcs = el.findall(f"{_W}tc")
                     cells = [" ".join(" ".join(_run_text(p).split()) for p in tc.iter(f"{_W}p")) for tc in tcs]
                     if any(cells):
                         emit(" | ".join(cells), True)
+                    emit_pictures(el)
                 elif el.tag != _MC_FALLBACK and (el.tag != f"{_W}p" or tables):
                     continue  # kept until its paragraph, row or table is done
                 el.clear()  # done with it: keeps memory flat on big documents
@@ -145,3 +179,70 @@ def _paragraph_level(ppr: ET.Element | None, styles: dict[str, int]) -> int | No
     m = _HEADING_STYLE.fullmatch(sid)
     level = styles.get(sid, int(m.group(1)) if m else None)
     return _outline_level(ppr) if level is None else level
+
+
+class _Pictures:
+    """The pictures of one DOCX, found through word/_rels/document.xml.rels and OCR'd once each (a logo repeated
+    on every page is read and numbered once). ``spans`` and ``problems`` are filled as the body is read."""
+
+    def __init__(self, z: zipfile.ZipFile, max_bytes: int, config: OcrConfig, progress: ocr.ProgressFn | None):
+        self.z, self.max_bytes, self.config, self.progress = z, max_bytes, config, progress
+        self.targets = _picture_targets(_small_xml(z, "word/_rels/document.xml.rels"))
+        self.total = min(len(set(self.targets.values())), config.max_pages)
+        self.seen: set[str] = set()
+        self.spans: list[Span] = []
+        self.problems: list[str] = []
+        self.unavailable = False
+
+    def read(self, el: ET.Element) -> list[tuple[str, str]]:
+        """``(text, location)`` of each new picture referenced inside ``el`` that holds text."""
+        found = []
+        for tag, attr in _PICTURES:
+            for ref in el.iter(tag):
+                name = self.targets.get(ref.get(attr) or "")
+                if name is None or name in self.seen or self.unavailable:
+                    continue
+                self.seen.add(name)
+                where = f"image {len(self.seen)}{ocr.MARK}"
+                if len(self.seen) > self.config.max_pages:
+                    self.problems.append(f"{where}: not read (limit {self.config.max_pages} images per file)")
+                    continue
+                text = self._ocr(name, where)
+                if self.progress:
+                    self.progress(min(len(self.seen), self.total), self.total)
+                if text:
+                    found.append((text, where))
+        return found
+
+    def _ocr(self, name: str, where: str) -> str:
+        try:
+            if self.z.getinfo(name).file_size > self.max_bytes:
+                raise ReadError(f"too large ({human_size(self.z.getinfo(name).file_size)})")
+            picture = images.open_picture(self.z.read(name), self.config.max_pixels)
+            return ocr.read_picture(images.decode(picture), self.config)
+        except PageTimeout:
+            self.problems.append(f"{where}: OCR timed out after {self.config.page_timeout_s:g} s")
+        except ocr.OcrUnavailable as e:
+            self.problems.append(f"images not OCR'd: {e}")
+            self.unavailable = True
+        except ReadError as e:
+            self.problems.append(f"{where}: {e}")
+        except (KeyError, zipfile.BadZipFile, OSError, EOFError) as e:
+            self.problems.append(short(f"{where}: cannot read {name}: {e}"))
+        return ""
+
+
+def _picture_targets(rels: ET.Element | None) -> dict[str, str]:
+    """relationship id -> zip member of each raster picture stored inside the file (linked ones are never fetched)."""
+    targets = {}
+    for rel in (
+        rels.iter("{http://schemas.openxmlformats.org/package/2006/relationships}Relationship")
+        if rels is not None
+        else ()
+    ):
+        target = rel.get("Target") or ""
+        if rel.get("TargetMode") == "External" or not target.lower().endswith(_RASTER):
+            continue
+        name = target.lstrip("/") if target.startswith("/") else posixpath.normpath(posixpath.join("word", target))
+        targets[rel.get("Id") or ""] = name
+    return targets

@@ -27,16 +27,25 @@ _HIGH_RUN = re.compile("[^\x00-\x7f]+")
 _CONTROL = re.compile("[\x00-\x08\x0e-\x1a\x1c-\x1f\x7f-\x9f]")  # keeps \t \n \v \f \r and ESC (colored logs)
 
 
+Span = tuple[int, int, str]
+"""``(start, end, location)``: ``text[start:end]`` came from one picture, found at ``location``."""
+
+
 @dataclass(frozen=True)
 class Extracted:
     text: str
     """Plain text that chunks, FTS and citation quotes index into."""
     kind: str
-    """"text" | "markdown" | "rst" | "html" | "pdf" | "docx" | "code" | "csv" | "json"."""
+    """"text" | "markdown" | "rst" | "html" | "pdf" | "docx" | "code" | "csv" | "json" | "image"."""
     pages: tuple[int, ...] = ()
     """PDF only: char offset in `text` where page i+1 starts (pages[0] == 0)."""
     title: str = ""
     """HTML <title>, first markdown/rst heading, or DOCX title; "" when there is none."""
+    ocr: tuple[Span, ...] = ()
+    """Spans of `text` read from pictures by OCR, in order, each with its location ("page 3, scanned (OCR)",
+    "image 2 on page 5 (OCR)", "photo.jpg (OCR)"): a chunk never crosses one's edge and takes its location."""
+    problems: tuple[str, ...] = ()
+    """Parts of the file that were not read, and why ("page 7: OCR timed out after 60 s"); the rest was."""
 
 
 class ReadError(Exception):

@@ -112,8 +112,12 @@ async function toggleSource(item, button, kb, citation) {
       text = (await (await api(path)).json()).text;
     } catch (_) { /* the quote alone still says what was cited */ }
   }
+  // A location ending "(OCR)" ("page 3, scanned (OCR)"): the passage was read from a picture, not typed text.
+  if ((citation.location || "").endsWith("(OCR)")) {
+    box.append(el("div", "note ocr", "Read from a picture by OCR: some words may be misread."));
+  }
   const at = text.indexOf(citation.quote);
-  if (at < 0) { box.textContent = text; return; }
+  if (at < 0) { box.append(text); return; }
   box.append(text.slice(0, at), el("mark", "", citation.quote), text.slice(at + citation.quote.length));
 }
 
