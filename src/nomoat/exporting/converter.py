@@ -24,14 +24,21 @@ from pathlib import Path
 from nomoat.errors import ModelError, UserError
 
 DIST = "llama-cpp-python"
-KEPT = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/", "LICENSE",
-        "models/ggml-vocab-qwen2.gguf")
+KEPT = (
+    "convert_hf_to_gguf.py",
+    "convert_lora_to_gguf.py",
+    "conversion/",
+    "gguf-py/",
+    "LICENSE",
+    "models/ggml-vocab-qwen2.gguf",
+)
 ENV = "NOMOAT_LLAMA_CONVERTER"  # a folder holding convert_hf_to_gguf.py, instead of the cache
 
 # Runs in the subprocess: llama.cpp's script, once per (folder, outfile), in one interpreter.
 _DRIVER = """
-import runpy, sys
+import os, runpy, sys
 script, outtype, *jobs = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(script))  # as `python convert_hf_to_gguf.py` would: its conversion package
 for src, dst in zip(jobs[::2], jobs[1::2]):
     sys.argv = [script, src, "--outfile", dst, "--outtype", outtype]
     runpy.run_path(script, run_name="__main__")

@@ -48,7 +48,9 @@ class Base:
         with _quiet():
             try:
                 self.model = AutoModelForCausalLM.from_pretrained(
-                    **self._where(), config=self.config, dtype=dtype,
+                    **self._where(),
+                    config=self.config,
+                    dtype=dtype,
                     use_safetensors=True if self.ref.kind == "hf" else None,
                 )
             except (OSError, ValueError, KeyError, RuntimeError) as exc:
@@ -110,13 +112,16 @@ def load(model: str | Path | ModelRef | None = None) -> Base:
 
 
 _CONFIGS: dict[tuple[str, int, int], Any] = {}
+# llama.cpp's Gemma 27B sizes (by layer count) scale queries by hidden/heads instead (src/models/gemma2.cpp)
+_LLAMA_CPP_27B = {"gemma2": (46,), "gemma3": (62,)}
 
 
 def _config(ref: ModelRef) -> Any:
     """The transformers config; for a GGUF read once per process (transformers parses every vocabulary string
     of the file to build it: seconds for a 150k-token vocabulary) and corrected where its GGUF mapping falls
-    short: ``head_dim`` from ``attention.key_length`` (Qwen3's default of 128 is wrong for other widths) and
-    ``pad_token_id`` from the file (Phi-3's default of 32000 lies outside a smaller vocabulary)."""
+    short: ``head_dim`` from ``attention.key_length`` (Qwen3's default of 128 is wrong for other widths),
+    Gemma's ``query_pre_attn_scalar`` as llama.cpp computes it, and ``pad_token_id`` from the file (Phi-3's
+    default of 32000 lies outside a smaller vocabulary)."""
     import copy
 
     from transformers import AutoConfig
@@ -132,6 +137,11 @@ def _config(ref: ModelRef) -> Any:
         header = read_header(ref.path)
         if header.arch_value("attention.key_length"):
             config.head_dim = int(header.arch_value("attention.key_length"))
+        if hasattr(config, "query_pre_attn_scalar"):  # Gemma: llama.cpp scales queries by 1/sqrt(head_dim),
+            large = header.arch_value("block_count") in _LLAMA_CPP_27B.get(header.architecture, ())  # the file
+            config.query_pre_attn_scalar = (  # does not say; transformers would take 256
+                config.hidden_size // config.num_attention_heads if large else config.head_dim
+            )
         pad = header.metadata.get("tokenizer.ggml.padding_token_id")
         config.pad_token_id = pad if pad is not None and pad < config.vocab_size else None
         _CONFIGS[key] = config

@@ -55,24 +55,59 @@ _SOFTCAPS = (("attn_logit_softcapping", "attn_logit_softcapping"),
 _WINDOW = ("sliding_window", "attention.sliding_window")
 
 TABLE: tuple[Architecture, ...] = (
-    Architecture("llama", ("llama",), "llama", permute_qk=True, tied=True,
-                 notes="Llama 2/3.x, SmolLM2, TinyLlama: q/k rows permuted for llama.cpp's rotary layout"),
-    Architecture("mistral", ("mistral",), "llama", permute_qk=True,
-                 notes="written as llama by llama.cpp; its llama graph has no sliding window, so a Mistral "
-                 "sliding_window is not carried (identical up to the window, 4096 tokens for v0.1)"),
-    Architecture("qwen2", ("qwen2",), "qwen2", tied=True, biases="q, k, v",
-                 notes="Qwen2/2.5: q/k/v biases; small sizes tie the embedding"),
+    Architecture(
+        "llama",
+        ("llama",),
+        "llama",
+        permute_qk=True,
+        tied=True,
+        notes="Llama 2/3.x, SmolLM2, TinyLlama: q/k rows permuted for llama.cpp's rotary layout",
+    ),
+    Architecture(
+        "mistral",
+        ("mistral",),
+        "llama",
+        permute_qk=True,
+        notes="written as llama by llama.cpp; its llama graph has no sliding window, so a Mistral "
+        "sliding_window is not carried (identical up to the window, 4096 tokens for v0.1)",
+    ),
+    Architecture(
+        "qwen2",
+        ("qwen2",),
+        "qwen2",
+        tied=True,
+        biases="q, k, v",
+        notes="Qwen2/2.5: q/k/v biases; small sizes tie the embedding",
+    ),
     Architecture("qwen3", ("qwen3",), "qwen3", tied=True, notes="Qwen3: per-head q/k RMSNorm (attn_q_norm)"),
-    Architecture("gemma2", ("gemma2",), "gemma2", norm_offset=1.0, tied=True, carried=(_WINDOW, *_SOFTCAPS),
-                 notes="norms stored +1; attention and final logits soft-capped; sliding window on alternate "
-                 "layers; query_pre_attn_scalar must equal head_dim (llama.cpp assumes it)"),
-    Architecture("gemma3", ("gemma3_text",), "gemma3", norm_offset=1.0, tied=True,
-                 carried=(_WINDOW, _SOFTCAPS[1]),
-                 notes="text models (270M, 1B); norms stored +1; 5 sliding-window layers per global one"),
-    Architecture("phi3", ("phi3",), "phi3", fused=("qkv_proj", "gate_up_proj"),
-                 gguf_only=("rope_factors_long.weight", "rope_factors_short.weight"),
-                 notes="Phi-3/3.5/4-mini: fused qkv and gate_up (attn_qkv, ffn_up); llama.cpp runs Phi "
-                 "without its sliding window (identical up to the window)"),
+    Architecture(
+        "gemma2",
+        ("gemma2",),
+        "gemma2",
+        norm_offset=1.0,
+        tied=True,
+        carried=(_WINDOW, *_SOFTCAPS),
+        notes="norms stored +1; attention and final logits soft-capped; sliding window on alternate "
+        "layers; query_pre_attn_scalar must equal head_dim (llama.cpp assumes it)",
+    ),
+    Architecture(
+        "gemma3",
+        ("gemma3_text",),
+        "gemma3",
+        norm_offset=1.0,
+        tied=True,
+        carried=(_WINDOW, _SOFTCAPS[1]),
+        notes="text models (270M, 1B); norms stored +1; 5 sliding-window layers per global one",
+    ),
+    Architecture(
+        "phi3",
+        ("phi3",),
+        "phi3",
+        fused=("qkv_proj", "gate_up_proj"),
+        gguf_only=("rope_factors_long.weight", "rope_factors_short.weight"),
+        notes="Phi-3/3.5/4-mini: fused qkv and gate_up (attn_qkv, ffn_up); llama.cpp runs Phi "
+        "without its sliding window (identical up to the window)",
+    ),
 )
 
 NAMES = tuple(a.name for a in TABLE)
