@@ -15,7 +15,6 @@ pytest.importorskip("peft")
 pytest.importorskip("sentencepiece")
 
 import tiny_models  # noqa: E402
-
 from nomoat.cli import main  # noqa: E402
 from nomoat.errors import UserError  # noqa: E402
 from nomoat.exporting import converter, export  # noqa: E402

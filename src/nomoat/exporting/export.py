@@ -28,8 +28,10 @@ from nomoat.paths import read_json
 
 # the tokenizer of an HF-folder base is copied as it is (save_pretrained may drop tokenizer.model, which
 # llama.cpp's converter needs for SentencePiece models such as Gemma and Phi-3)
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json", "chat_template.jinja", "chat_template.json", "generation_config.json")  # fmt: skip
+TOKENIZER_FILES = (
+    "tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "chat_template.jinja", "chat_template.json", "generation_config.json",
+)  # fmt: skip
 
 
 def run(
