@@ -67,6 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--cache", type=Path, default=Path(__file__).parent / ".cache" / "gemma3")
+    parser.add_argument("--run", type=Path, help="export and chat an earlier tune run of this bench instead")
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
 
@@ -79,15 +80,16 @@ def main() -> None:
     info = models.describe(models.resolve(gguf))
     print(f"base: {info['architecture']}, {info['parameters'] / 1e6:.0f}M parameters, {info['quantization']}, "
           f"context {info['context_length']}, tune/export: {info['tune_export']}")  # fmt: skip
-    work = args.cache / time.strftime("run-%Y%m%d-%H%M%S")
-    data = work / "rows.jsonl"
-    work.mkdir()
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows(40)))
-    (work / "rows.eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(48)[40:]))
-    t = time.monotonic()
-    summary = tune.run(data, model=gguf, output=work / "run", steps=args.steps, progress=True, max_length=256)
-    print(f"tune: {summary['steps']} steps, eval loss {summary['eval_loss_start']} -> {summary['eval_loss_end']}, "
-          f"{time.monotonic() - t:.0f} s")  # fmt: skip
+    work = args.run.parent if args.run else args.cache / time.strftime("run-%Y%m%d-%H%M%S")
+    if not args.run:
+        data = work / "rows.jsonl"
+        work.mkdir()
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows(40)))
+        (work / "rows.eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(48)[40:]))
+        t = time.monotonic()
+        summary = tune.run(data, model=gguf, output=work / "run", steps=args.steps, progress=True, max_length=256)
+        print(f"tune: {summary['steps']} steps, eval loss {summary['eval_loss_start']} -> "
+              f"{summary['eval_loss_end']}, {time.monotonic() - t:.0f} s")  # fmt: skip
     t = time.monotonic()
     result = export.run(work / "run", format="all", quant="q8_0", output=work / "export")
     print(f"export: {time.monotonic() - t:.0f} s")

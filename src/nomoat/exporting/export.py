@@ -16,6 +16,7 @@ architecture row says llama.cpp must honour; otherwise nothing is delivered.
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -118,8 +119,13 @@ class _Export:
                 files.append(self._adapter(base_gguf, tokens))
             if want_gguf:
                 files.append(self._gguf(f16, tokens))
-                if format in ("ollama", "all"):
+                if format == "ollama":
                     files.append(modelfile.write(Path(files[-1]["path"]), self.base))
+                elif format == "all":
+                    try:  # the checked files above stay delivered (and in the manifest) without a Modelfile
+                        files.append(modelfile.write(Path(files[-1]["path"]), self.base))
+                    except UserError as exc:
+                        print(f"nomoat: {exc}", file=sys.stderr)
             return files
         finally:
             for leftover in self.partials:

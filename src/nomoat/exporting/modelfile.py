@@ -15,7 +15,9 @@ from nomoat.paths import atomic_write
 
 def write(gguf_path: Path, base: basemodel.Base) -> dict[str, Any]:
     """``<gguf stem>.Modelfile``; UserError naming the reason when the template has no Ollama equivalent."""
-    template = base.chat_template or ""
+    from nomoat.llm.templates import CHATML_TEMPLATE
+
+    template = base.chat_template or CHATML_TEMPLATE  # what training and chat use for a model without one
     fmt = chatformats.detect(template)
     if fmt is None:
         names = ", ".join(f.name for f in chatformats.FORMATS)
