@@ -58,8 +58,8 @@ def rows(n: int) -> list[dict]:
     out = []
     for i in range(n):
         colour, thing = facts[i % 4]
-        out.append({"messages": [{"role": "user", "content": f"What colour is the {thing} number {i}?"},
-                                 {"role": "assistant", "content": f"The {thing} number {i} is {colour}."}]})  # fmt: skip
+        question = {"role": "user", "content": f"What colour is the {thing} number {i}?"}
+        out.append({"messages": [question, {"role": "assistant", "content": f"The {thing} number {i} is {colour}."}]})
     return out
 
 

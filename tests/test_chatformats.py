@@ -4,8 +4,8 @@ a template of another shape is not matched, and the Go-subset renderer does what
 from __future__ import annotations
 
 import pytest
-import tiny_models
 
+import tiny_models
 from nomoat.llm import chatformats
 
 TEMPLATES = {"chatml": tiny_models.CHATML, "llama3": tiny_models.LLAMA3, "gemma": tiny_models.GEMMA,
@@ -32,6 +32,8 @@ def test_a_template_of_another_shape_does_not_match() -> None:
 
 def test_go_subset_renderer() -> None:
     messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
-    template = '{{- range .Messages }}{{ if eq .Role "user" }}U:{{ .Content }}{{ else }}A:{{ .Content }}{{ end }}\n{{ end }}'
+    template = (
+        '{{- range .Messages }}{{ if eq .Role "user" }}U:{{ .Content }}{{ else }}A:{{ .Content }}{{ end }}\n{{ end }}'
+    )
     assert chatformats.render_go(template, messages) == "U:a\nA:b\n"
     assert chatformats.render_go("x  {{- .Messages }}", []) == "x[]"
