@@ -11,12 +11,13 @@ install: $(VENV)/.installed
 
 # torch first and pinned: anything that pulls plain `torch` later must find it satisfied (no CUDA build).
 # llama-cpp-python is built by scripts/build-llama-cpp.sh (AMX off; cached per machine, ~10 min the first time).
-$(VENV)/.installed: pyproject.toml scripts/build-llama-cpp.sh
+$(VENV)/.installed: pyproject.toml scripts/build-llama-cpp.sh src/nomoat/exporting/converter.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q "$$(PYTHON=$(PY) scripts/build-llama-cpp.sh)"
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m nomoat.exporting.converter   # llama.cpp's convert_hf_to_gguf.py of the same llama.cpp version
 	touch $@
 
 demo: install

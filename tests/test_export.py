@@ -14,7 +14,7 @@ pytest.importorskip("peft")
 
 from nomoat.cli import main  # noqa: E402
 from nomoat.errors import UserError  # noqa: E402
-from nomoat.exporting import export  # noqa: E402
+from nomoat.exporting import export, ggufio  # noqa: E402
 from nomoat.finetune import basemodel, runs, tune  # noqa: E402
 from nomoat.llm import models, runtime  # noqa: E402
 
@@ -74,7 +74,7 @@ def test_gguf_export_keeps_metadata_and_passes_parity(tuned: Path, tmp_path: Pat
 def test_a_broken_export_fails_parity_and_is_not_delivered(
     tuned: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(export, "_permute", lambda weights, n_head, n_head_kv: weights)  # forget the q/k layout
+    monkeypatch.setattr(ggufio, "permute", lambda weights, n_head, n_head_kv: weights)  # forget the q/k layout
     with pytest.raises(UserError, match="parity"):
         export.run(tuned, format="gguf", quant="f16", output=tmp_path)
     assert not list(tmp_path.glob("*.gguf*"))
@@ -157,8 +157,8 @@ def test_gguf_round_trip_holds_the_merged_tensors(tuned: Path, tmp_path: Path) -
     heads, kv = 4, 2  # the tiny model's attention layout
     expect = {
         "blk.1.ffn_down.weight": merged["model.layers.1.mlp.down_proj.weight"].numpy(),
-        "blk.0.attn_q.weight": export._permute(merged["model.layers.0.self_attn.q_proj.weight"].numpy(), heads, heads),
-        "blk.0.attn_k.weight": export._permute(merged["model.layers.0.self_attn.k_proj.weight"].numpy(), heads, kv),
+        "blk.0.attn_q.weight": ggufio.permute(merged["model.layers.0.self_attn.q_proj.weight"].numpy(), heads, heads),
+        "blk.0.attn_k.weight": ggufio.permute(merged["model.layers.0.self_attn.k_proj.weight"].numpy(), heads, kv),
         "output_norm.weight": merged["model.norm.weight"].numpy(),
     }
     for name, want in expect.items():
@@ -177,7 +177,7 @@ def test_killing_an_export_midway_leaves_no_file_at_the_final_path(tuned: Path, 
     # while the HF folder is being filled.
     code = f"""
 import os, signal, sys
-from nomoat.exporting import export  # noqa: E402
+from nomoat.exporting import export, ggufio  # noqa: E402
 from nomoat.llm import runtime  # noqa: E402
 from nomoat.finetune import runs  # noqa: E402
 def die(*a, **k):

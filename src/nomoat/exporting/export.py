@@ -1,31 +1,38 @@
 """``nomoat export RUN``: the tuned model as files that run elsewhere, each checked before it is delivered.
 
 * ``hf``: the LoRA merged into the base, as a Hugging Face folder (config, tokenizer, safetensors weights).
-* ``gguf``: the merged model as a GGUF for llama.cpp/Ollama, written from the *base GGUF itself*: every
-  metadata key (architecture, tokenizer, chat template, stop tokens) is copied, only the weights are replaced,
-  so nothing a runtime needs can be lost on the way. Then requantized by llama.cpp (``--quant``).
-* ``adapter``: the LoRA alone as a GGUF adapter that llama.cpp applies on top of the base GGUF
-  (``--lora`` in llama.cpp, ``ADAPTER`` in an Ollama Modelfile).
-* ``ollama``: the GGUF plus ``<name>.Modelfile`` (FROM, TEMPLATE, PARAMETER stop):
-  ``ollama create mymodel -f <name>.Modelfile``.
+* ``gguf``: the merged model as a GGUF for llama.cpp/Ollama, then requantized by llama.cpp (``--quant``). From a
+  GGUF base it is written from *the base GGUF itself* (every metadata key copied: tokenizer, chat template, stop
+  tokens, sliding window; only the weights replaced, :mod:`.ggufio`); from an HF-folder base, llama.cpp's own
+  ``convert_hf_to_gguf.py`` converts the merged folder (:mod:`.converter`).
+* ``adapter``: the LoRA alone as a GGUF adapter that llama.cpp applies on top of the base GGUF (``--lora`` in
+  llama.cpp, ``ADAPTER`` in an Ollama Modelfile); an HF-folder base is converted too, so it has a GGUF to go on.
+* ``ollama``: the GGUF plus ``<name>.Modelfile`` (:mod:`.modelfile`): ``ollama create mymodel -f <name>.Modelfile``.
 
-Parity, run by every GGUF export: perplexity of held-out text under llama.cpp (the exported file) vs the merged
-torch model on the same tokens. Outside the tolerance (2% for f16/q8_0) the file is not delivered.
+Every GGUF passes :mod:`.parity` (llama.cpp vs torch perplexity on held-out tokens) and keeps the settings its
+architecture row says llama.cpp must honour; otherwise nothing is delivered.
 """
 
 from __future__ import annotations
 
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 from nomoat.config import EXPORT_FORMATS, GGUF_QUANTS, ExportConfig
 from nomoat.errors import UserError
-from nomoat.finetune import basemodel, runs, trainset
-from nomoat.paths import atomic_write, read_json
+from nomoat.exporting import converter, ggufio, modelfile
+from nomoat.exporting.parity import ADAPTER_PARITY, PARITY, parity, parity_tokens, require
+from nomoat.finetune import basemodel, runs
+from nomoat.paths import read_json
 
-PARITY = {"f16": 0.02, "q8_0": 0.02, "q4_0": 0.15, "q4_k_m": 0.10}  # allowed relative perplexity gap per GGUF_QUANTS
-ADAPTER_PARITY = 0.03  # base GGUF (as shipped) + adapter GGUF in llama.cpp vs the merged fp32 torch model
-PARITY_TOKENS = 512
+# the tokenizer of an HF-folder base is copied as it is (save_pretrained may drop tokenizer.model, which
+# llama.cpp's converter needs for SentencePiece models such as Gemma and Phi-3)
+TOKENIZER_FILES = (
+    "tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "chat_template.jinja", "chat_template.json", "generation_config.json",
+)  # fmt: skip
 
 
 def run(
@@ -49,21 +56,13 @@ def run(
     base = basemodel.load(config["model"])
     if base.sha256 != config["base"]["sha256"]:
         raise UserError(f"the base model {config['model']} changed since the run; export needs the same file")
+    if base.ref.kind == "hf" and format != "hf":
+        converter.locate()  # fail before the merge when llama.cpp's converter is missing
     merged = merge(base, run_dir / "adapter", torch.float32)
     out = Path(output).expanduser() if output else run_dir / "export"
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{base.ref.name}-{run_dir.name}"
-    files: list[dict[str, Any]] = []
-    if format in ("hf", "all"):
-        files.append(write_hf(merged, base.tokenizer, out / f"{stem}-hf"))
-    tokens = parity_tokens(base, config) if format != "hf" else []
-    if format in ("adapter", "all"):
-        files.append(write_adapter_gguf(base, merged, run_dir / "adapter", out / f"{stem}.lora.gguf", tokens))
-    if format in ("gguf", "ollama", "all"):
-        gguf_file = write_gguf(base, merged, out / f"{stem}.{quant}.gguf", quant, run_dir.name, tokens)
-        files.append(gguf_file)
-        if format in ("ollama", "all"):
-            files.append(write_modelfile(Path(gguf_file["path"]), base))
+    job = _Export(base, merged, run_dir, out, f"{base.ref.name}-{run_dir.name}", quant)
+    files = job.files(format, parity_tokens(base, config) if format != "hf" else [])
     runs.update_manifest(run_dir, exports=[*manifest.get("exports", []), *files])
     return {"run": str(run_dir), "files": files}
 
@@ -80,10 +79,14 @@ def merge(base: basemodel.Base, adapter: Path, dtype: Any) -> Any:
     return model.merge_and_unload().eval()
 
 
-def write_hf(model: Any, tokenizer: Any, folder: Path) -> dict[str, Any]:
+def write_hf(model: Any, base: basemodel.Base, folder: Path) -> dict[str, Any]:
     def write(partial: Path) -> None:
         model.save_pretrained(str(partial), safe_serialization=True)
-        tokenizer.save_pretrained(str(partial))
+        base.tokenizer.save_pretrained(str(partial))
+        if base.ref.kind == "hf":
+            for name in TOKENIZER_FILES:
+                if (base.ref.path / name).is_file():
+                    shutil.copyfile(base.ref.path / name, partial / name)
 
     runs.replace_dir(folder, write)
     weights = sorted(folder.glob("*.safetensors"))
@@ -95,200 +98,99 @@ def write_hf(model: Any, tokenizer: Any, folder: Path) -> dict[str, Any]:
     }
 
 
-# -- GGUF -----------------------------------------------------------------------------------------
-def write_gguf(base: basemodel.Base, model: Any, dest: Path, quant: str, run_id: str, tokens: list[int]) -> dict:
-    """Write the merged model as a GGUF (f16 first, then ``quant``), check parity, return its record."""
-    from nomoat.llm import runtime
+class _Export:
+    """One export of one run into ``out``: which files, in which order, each checked before it is renamed."""
 
-    if base.ref.kind != "gguf":
-        raise UserError("GGUF export needs a GGUF base model for now (the run's base is a Hugging Face folder)")
-    f16 = dest.with_name(dest.name + ".f16.partial")
-    try:
-        _write_f16(base, model, f16, run_id)
-        final = dest.with_name(dest.name + ".partial")
-        if quant == "f16":
+    def __init__(self, base: basemodel.Base, merged: Any, run_dir: Path, out: Path, stem: str, quant: str):
+        self.base, self.merged, self.run_dir, self.out, self.stem, self.quant = base, merged, run_dir, out, stem, quant
+        self.arch = base.architecture
+        self.partials: list[Path] = []
+
+    def files(self, format: str, tokens: list[int]) -> list[dict[str, Any]]:
+        files: list[dict[str, Any]] = []
+        try:
+            if format in ("hf", "all"):
+                files.append(write_hf(self.merged, self.base, self.out / f"{self.stem}-hf"))
+            if format == "hf":
+                return files
+            want_gguf, want_adapter = format in ("gguf", "ollama", "all"), format in ("adapter", "all")
+            f16, base_gguf = self._f16_files(want_gguf, want_adapter, files)
+            if want_adapter:
+                files.append(self._adapter(base_gguf, tokens))
+            if want_gguf:
+                files.append(self._gguf(f16, tokens))
+                if format == "ollama":
+                    files.append(modelfile.write(Path(files[-1]["path"]), self.base))
+                elif format == "all":
+                    try:  # the checked files above stay delivered (and in the manifest) without a Modelfile
+                        files.append(modelfile.write(Path(files[-1]["path"]), self.base))
+                    except UserError as exc:
+                        print(f"nomoat: {exc}", file=sys.stderr)
+            return files
+        finally:
+            for leftover in self.partials:
+                shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+
+    def _partial(self, name: str) -> Path:
+        path = self.out / f"{name}.partial"
+        self.partials.append(path)
+        return path
+
+    def _f16_files(self, gguf: bool, adapter: bool, files: list[dict[str, Any]]) -> tuple[Path, Path]:
+        """(merged f16 GGUF, base GGUF the adapter applies to), written as needed."""
+        f16 = self._partial(f"{self.stem}.f16.gguf")
+        if self.base.ref.kind == "gguf":
+            if gguf:
+                extra = {"nomoat.run_id": self.run_dir.name, "nomoat.base_sha256": self.base.sha256}
+                ggufio.write_from_base(self.base.ref.path, self.merged, self.arch, f16, extra)
+            return f16, self.base.ref.path
+        # HF-folder base: llama.cpp's converter, on the merged folder (and the base, for the adapter), in one go
+        jobs = []
+        if gguf:
+            hf = next((Path(f["path"]) for f in files if f["format"] == "hf"), None)
+            if hf is None:
+                hf = self._partial(f"{self.stem}-hf")
+                write_hf(self.merged, self.base, hf)
+            jobs.append((hf, f16))
+        base_gguf = self.out / f"{self.base.ref.name}.f16.gguf"
+        base_partial = self._partial(base_gguf.name)
+        if adapter and not base_gguf.is_file():
+            jobs.append((self.base.ref.path, base_partial))
+        if jobs:
+            converter.convert(jobs)
+        if base_partial.is_file():
+            base_partial.replace(base_gguf)
+        return f16, base_gguf
+
+    def _gguf(self, f16: Path, tokens: list[int]) -> dict[str, Any]:
+        from nomoat.llm import runtime
+
+        dest = self.out / f"{self.stem}.{self.quant}.gguf"
+        final = self._partial(dest.name)
+        if self.quant == "f16":
             f16.rename(final)
         else:
-            runtime.quantize(f16, final, quant)
-        report = parity(final, model, tokens, PARITY[quant])
-        if not report["passed"]:
-            raise UserError(
-                f"export failed its parity check: perplexity {report['ppl_gguf']:.3f} under llama.cpp vs "
-                f"{report['ppl_torch']:.3f} in torch ({report['gap']:.1%} > {PARITY[quant]:.0%}); not delivered"
-            )
+            runtime.quantize(f16, final, self.quant)
+        report = parity(final, self.merged, tokens, PARITY[self.quant])
+        require(report, PARITY[self.quant], "export")
+        ggufio.check_carried(final, self.arch, self.merged.config)
         final.replace(dest)
-    finally:
-        for leftover in (f16, dest.with_name(dest.name + ".partial")):
-            leftover.unlink(missing_ok=True)
-    return {"format": "gguf", "quant": quant, "path": str(dest), "bytes": dest.stat().st_size,
-            "sha256": basemodel.sha256_file(dest), **report}  # fmt: skip
+        return {"format": "gguf", "quant": self.quant, "path": str(dest), "bytes": dest.stat().st_size,
+                "sha256": basemodel.sha256_file(dest), "architecture": self.arch.name, **report}  # fmt: skip
 
+    def _adapter(self, base_gguf: Path, tokens: list[int]) -> dict[str, Any]:
+        """The LoRA as a GGUF adapter, checked by perplexity of base GGUF + adapter in llama.cpp."""
+        from nomoat.llm.gguf_check import read_header
 
-def _write_f16(base: basemodel.Base, model: Any, path: Path, run_id: str) -> None:
-    import gguf
-    import numpy as np
-
-    reader = gguf.GGUFReader(str(base.ref.path))
-    arch = str(reader.fields[gguf.Keys.General.ARCHITECTURE].contents())
-    weights = _gguf_weights(model, arch)
-    writer = gguf.GGUFWriter(str(path), arch)
-    for field in reader.fields.values():
-        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
-            continue  # written by GGUFWriter itself
-        if field.name == gguf.Keys.General.FILE_TYPE:
-            continue
-        kind = field.types[0]
-        sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(field.name, field.contents(), kind, sub_type=sub)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    writer.add_string("nomoat.run_id", run_id)
-    writer.add_string("nomoat.base_sha256", base.sha256)
-    for tensor in reader.tensors:
-        if tensor.name not in weights:
-            raise UserError(f"cannot export: the merged model has no weight for GGUF tensor {tensor.name}")
-        data = weights[tensor.name]
-        data = data.astype(np.float16) if data.ndim == 2 else data.astype(np.float32)
-        writer.add_tensor(tensor.name, data)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-
-
-def _gguf_weights(model: Any, arch: str) -> dict[str, Any]:
-    """The merged weights under their GGUF names, q/k rows permuted back to llama.cpp's rotary layout."""
-    names = _gguf_names(model)
-    config = model.config
-    heads, kv_heads = config.num_attention_heads, getattr(config, "num_key_value_heads", None)
-    out = {}
-    for hf_name, tensor in model.state_dict().items():
-        if hf_name not in names:
-            continue
-        data = tensor.detach().float().cpu().numpy()
-        gguf_name = names[hf_name]
-        if arch == "llama" and ".attn_q." in gguf_name:
-            data = _permute(data, heads, heads)
-        elif arch == "llama" and ".attn_k." in gguf_name:
-            data = _permute(data, heads, kv_heads)
-        out[gguf_name] = data
-    return out
-
-
-def _gguf_names(model: Any) -> dict[str, str]:
-    """HF parameter name -> GGUF tensor name, from the same table transformers uses to read GGUFs."""
-    from transformers.modeling_gguf_pytorch_utils import TensorProcessor, get_gguf_hf_weights_map
-
-    return {hf: gg for gg, hf in get_gguf_hf_weights_map(model, TensorProcessor()).items()}
-
-
-def _permute(weights: Any, n_head: int, n_head_kv: int | None) -> Any:
-    # The inverse of transformers' GGUF loader (and what llama.cpp's convert_hf_to_gguf.py does).
-    if n_head_kv is not None and n_head != n_head_kv:
-        n_head = n_head_kv
-    shape = weights.shape
-    return weights.reshape(n_head, 2, shape[0] // n_head // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
-
-
-def write_adapter_gguf(base: basemodel.Base, model: Any, adapter: Path, dest: Path, tokens: list[int]) -> dict:
-    """The PEFT adapter as a llama.cpp LoRA GGUF (what llama.cpp's convert_lora_to_gguf.py writes), checked by
-    perplexity of base GGUF + adapter under llama.cpp against the merged torch model."""
-    import gguf
-    from safetensors.torch import load_file
-
-    if base.ref.kind != "gguf":
-        raise UserError("adapter GGUF export needs a GGUF base model for now")
-    settings = read_json(adapter / "adapter_config.json")
-    arch = str(gguf.GGUFReader(str(base.ref.path)).fields[gguf.Keys.General.ARCHITECTURE].contents())
-    names = _gguf_names(model)
-    heads, kv_heads = model.config.num_attention_heads, getattr(model.config, "num_key_value_heads", None)
-    partial = dest.with_name(dest.name + ".partial")
-    writer = gguf.GGUFWriter(str(partial), arch)
-    writer.add_string(gguf.Keys.General.TYPE, gguf.GGUFType.ADAPTER)
-    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
-    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(settings["lora_alpha"]))
-    lora = load_file(str(adapter / "adapter_model.safetensors"))
-    for key, tensor in sorted(lora.items()):
-        if ".lora_A." not in key:
-            continue
-        hf_name = key.removeprefix("base_model.model.").replace(".lora_A.weight", ".weight")
-        gguf_name = names.get(hf_name)
-        if gguf_name is None:
-            raise UserError(f"cannot export the adapter: no GGUF tensor for {hf_name}")
-        lora_a = tensor.float().numpy()
-        lora_b = lora[key.replace("lora_A", "lora_B")].float().numpy()
-        if arch == "llama" and ".attn_q." in gguf_name:  # the delta is B @ A: its rows (B's) follow q/k's layout
-            lora_b = _permute(lora_b, heads, heads)
-        elif arch == "llama" and ".attn_k." in gguf_name:
-            lora_b = _permute(lora_b, heads, kv_heads)
-        writer.add_tensor(f"{gguf_name}.lora_a", lora_a)
-        writer.add_tensor(f"{gguf_name}.lora_b", lora_b)
-    try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        report = parity(base.ref.path, model, tokens, ADAPTER_PARITY, lora=partial)
-        if not report["passed"]:
-            raise UserError(f"the adapter GGUF failed its parity check ({report['gap']:.1%} perplexity gap)")
+        dest = self.out / f"{self.stem}.lora.gguf"
+        partial = self._partial(dest.name)
+        gguf_arch = read_header(base_gguf).architecture
+        ggufio.write_adapter(self.merged, self.arch, gguf_arch, self.run_dir / "adapter", partial)
+        report = parity(base_gguf, self.merged, tokens, ADAPTER_PARITY, lora=partial)
+        require(report, ADAPTER_PARITY, "the adapter GGUF")
         partial.replace(dest)
-    finally:
-        partial.unlink(missing_ok=True)
-    return {"format": "adapter", "path": str(dest), "base": str(base.ref.path), "bytes": dest.stat().st_size,
-            "sha256": basemodel.sha256_file(dest), **report}  # fmt: skip
-
-
-# -- parity ---------------------------------------------------------------------------------------
-def parity_tokens(base: basemodel.Base, config: dict[str, Any]) -> list[int]:
-    """Held-out text (the run's eval rows, else its training rows) as one window of tokens."""
-    from nomoat.dataset.formats import read_rows
-
-    encoder = trainset.ChatEncoder(base.tokenizer, base.chat_template)
-    tokens: list[int] = []
-    for source in (config.get("eval_data"), config["data"]):
-        if not source:
-            continue
-        for _, row, _ in read_rows(source):
-            if row is not None:
-                tokens += encoder.encode(row["messages"])[0]
-            if len(tokens) >= PARITY_TOKENS:
-                return tokens[:PARITY_TOKENS]
-    if len(tokens) < 16:
-        raise UserError("not enough text in the run's data to check the export's parity")
-    return tokens
-
-
-def parity(path: Path, model: Any, tokens: list[int], limit: float, lora: Path | None = None) -> dict[str, Any]:
-    """Perplexity of the same tokens under llama.cpp (the exported file) and the merged torch model."""
-    import math
-
-    import torch
-
-    from nomoat.llm import runtime
-
-    measured = runtime.perplexity(path, tokens, lora=lora)
-    with torch.no_grad():
-        ids = torch.tensor([tokens])
-        ppl_torch = math.exp(float(model(input_ids=ids, labels=ids).loss))
-    gap = abs(measured["ppl"] - ppl_torch) / ppl_torch
-    return {"ppl_gguf": round(measured["ppl"], 4), "ppl_torch": round(ppl_torch, 4), "gap": round(gap, 5),
-            "passed": gap <= limit, "prefill_tok_s": round(measured["prefill_tok_s"], 1),
-            "decode_tok_s": round(measured["decode_tok_s"], 1)}  # fmt: skip
-
-
-# -- Ollama ----------------------------------------------------------------------------------------
-def write_modelfile(gguf_path: Path, base: basemodel.Base) -> dict[str, Any]:
-    """An Ollama Modelfile beside the GGUF: its chat template (Go syntax for ChatML) and stop tokens."""
-    template = base.chat_template or ""
-    if "<|im_start|>" not in template:
-        raise UserError("an Ollama Modelfile is written for ChatML models only for now (the base is not ChatML)")
-    go_template = (
-        "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
-    )
-    stops = [s for s in ("<|im_end|>", base.tokenizer.eos_token) if s]
-    lines = [f"FROM ./{gguf_path.name}", f'TEMPLATE """{go_template}"""']
-    lines += [f'PARAMETER stop "{s}"' for s in dict.fromkeys(stops)]
-    path = atomic_write(gguf_path.with_suffix(".Modelfile"), "\n".join(lines) + "\n")
-    return {"format": "ollama", "path": str(path), "bytes": path.stat().st_size, "sha256": basemodel.sha256_file(path)}
+        return {"format": "adapter", "path": str(dest), "base": str(base_gguf), "bytes": dest.stat().st_size,
+                "sha256": basemodel.sha256_file(dest), **report}  # fmt: skip
 
 
 def format_export(result: dict[str, Any]) -> str:
@@ -299,5 +201,7 @@ def format_export(result: dict[str, Any]) -> str:
             kind = f.get("quant", "LoRA on the base GGUF")
             extra = (f" ({kind}: perplexity {f['ppl_gguf']:.3f} vs torch {f['ppl_torch']:.3f}, parity ok; "
                      f"decode {f['decode_tok_s']:.0f} tok/s)")  # fmt: skip
+        if f["format"] == "adapter":
+            extra += f"; apply it to {f['base']}"
         lines.append(f"{f['format']}: {f['path']} [{f['bytes'] / 2**20:.1f} MiB]{extra}")
     return "\n".join(lines)

@@ -28,10 +28,13 @@ class Base:
     ref: ModelRef
     sha256: str
     context_length: int | None = None
+    architecture: Any = None  # the nomoat.llm.architectures row
+    config: Any = None  # transformers PretrainedConfig
     model: Any = None  # transformers PreTrainedModel
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.ref.name, "path": str(self.ref.path), "kind": self.ref.kind, "sha256": self.sha256}
+        return {"name": self.ref.name, "path": str(self.ref.path), "kind": self.ref.kind, "sha256": self.sha256,
+                "architecture": self.architecture.name if self.architecture else None}  # fmt: skip
 
     def _where(self) -> dict[str, str]:
         if self.ref.kind == "gguf":
@@ -45,7 +48,10 @@ class Base:
         with _quiet():
             try:
                 self.model = AutoModelForCausalLM.from_pretrained(
-                    **self._where(), dtype=dtype, use_safetensors=True if self.ref.kind == "hf" else None
+                    **self._where(),
+                    config=self.config,
+                    dtype=dtype,
+                    use_safetensors=True if self.ref.kind == "hf" else None,
                 )
             except (OSError, ValueError, KeyError, RuntimeError) as exc:
                 raise ModelError(f"cannot load {self.ref.path} for training: {_first_line(exc)}") from None
@@ -78,23 +84,68 @@ def fingerprint(ref: ModelRef) -> str:
 
 
 def load(model: str | Path | ModelRef | None = None) -> Base:
-    """The tokenizer and identity of ``model`` ('default', a .gguf or an HF folder); weights come later."""
-    from transformers import AutoConfig, AutoTokenizer
+    """The tokenizer, config and identity of ``model`` ('default', a .gguf or an HF folder); weights come later.
+
+    Raises UserError first, before reading anything heavy, when tune/export do not support its architecture."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from nomoat.llm.models import architecture
 
     ref = model if isinstance(model, ModelRef) else resolve(model)
+    arch = architecture(ref)
     if ref.kind == "hf" and not any(ref.path.glob("*.safetensors")):
         raise ModelError(f"{ref.path} has no .safetensors weights (nomoat never loads pickled .bin files)")
-    base = Base(None, None, ref, fingerprint(ref))
+    base = Base(None, None, ref, fingerprint(ref), architecture=arch)
     with _quiet():
         try:
-            base.tokenizer = AutoTokenizer.from_pretrained(**base._where())
-            config = AutoConfig.from_pretrained(**base._where())
+            base.config = _config(ref)
+            # From a GGUF the tokenizer is built from the file's vocabulary directly (AutoTokenizer would first
+            # parse the whole file again only to learn the model type).
+            tokenizer_class = PreTrainedTokenizerFast if ref.kind == "gguf" else AutoTokenizer
+            base.tokenizer = tokenizer_class.from_pretrained(**base._where())
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ModelError(f"cannot read the tokenizer of {ref.path}: {_first_line(exc)}") from None
-    base.context_length = getattr(config, "max_position_embeddings", None)
+    base.context_length = getattr(base.config, "max_position_embeddings", None)
     template = getattr(base.tokenizer, "chat_template", None)
     base.chat_template = template if isinstance(template, str) else None
     return base
+
+
+_CONFIGS: dict[tuple[str, int, int], Any] = {}
+# llama.cpp's Gemma 27B sizes (by layer count) scale queries by hidden/heads instead (src/models/gemma2.cpp)
+_LLAMA_CPP_27B = {"gemma2": (46,), "gemma3": (62,)}
+
+
+def _config(ref: ModelRef) -> Any:
+    """The transformers config; for a GGUF read once per process (transformers parses every vocabulary string
+    of the file to build it: seconds for a 150k-token vocabulary) and corrected where its GGUF mapping falls
+    short: ``head_dim`` from ``attention.key_length`` (Qwen3's default of 128 is wrong for other widths),
+    Gemma's ``query_pre_attn_scalar`` as llama.cpp computes it, and ``pad_token_id`` from the file (Phi-3's
+    default of 32000 lies outside a smaller vocabulary)."""
+    import copy
+
+    from transformers import AutoConfig
+
+    if ref.kind == "hf":
+        return AutoConfig.from_pretrained(ref.path)
+    stat = ref.path.stat()
+    key = (str(ref.path), stat.st_size, stat.st_mtime_ns)
+    if key not in _CONFIGS:
+        from nomoat.llm.gguf_check import read_header
+
+        config = AutoConfig.from_pretrained(ref.path.parent, gguf_file=ref.path.name)
+        header = read_header(ref.path)
+        if header.arch_value("attention.key_length"):
+            config.head_dim = int(header.arch_value("attention.key_length"))
+        if hasattr(config, "query_pre_attn_scalar"):  # Gemma: llama.cpp scales queries by 1/sqrt(head_dim),
+            large = header.arch_value("block_count") in _LLAMA_CPP_27B.get(header.architecture, ())  # the file
+            config.query_pre_attn_scalar = (  # does not say; transformers would take 256
+                config.hidden_size // config.num_attention_heads if large else config.head_dim
+            )
+        pad = header.metadata.get("tokenizer.ggml.padding_token_id")
+        config.pad_token_id = pad if pad is not None and pad < config.vocab_size else None
+        _CONFIGS[key] = config
+    return copy.deepcopy(_CONFIGS[key])
 
 
 def _first_line(exc: BaseException) -> str:

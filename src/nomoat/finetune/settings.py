@@ -33,6 +33,9 @@ def new(data, model, budget_time, steps, epochs, eval_data, overrides, world) ->
         raise UserError("--steps must be at least 1")
     if epochs is not None and not epochs > 0:
         raise UserError("--epochs must be positive")
+    from nomoat.llm.models import architecture, resolve
+
+    architecture(resolve(model))  # an unsupported architecture fails here, before any file is read or written
     data_path = _existing(data, "dataset")
     eval_path = _existing(eval_data, "eval dataset") if eval_data else _sibling_eval(data_path)
     return {

@@ -104,8 +104,8 @@ def use_bf16(precision: str, device: str) -> bool:
 class CausalLoss(torch.nn.Module):
     """Mean cross-entropy over labelled tokens, computing logits for those tokens only.
 
-    A module (not a function) so DDP can wrap it. Assumes the plain ``head(hidden)`` logits of Llama-style
-    models (no logit soft-capping)."""
+    A module (not a function) so DDP/FSDP can wrap it. Logits are ``head(hidden)``, soft-capped as the model
+    does when its config says so (Gemma 2: ``cap * tanh(logits / cap)``)."""
 
     def __init__(self, model: Any) -> None:
         super().__init__()
@@ -117,6 +117,9 @@ class CausalLoss(torch.nn.Module):
         target = labels[:, 1:]
         keep = target != trainset.IGNORE
         logits = lm.get_output_embeddings()(hidden[:, :-1][keep]).float()
+        cap = getattr(lm.config, "final_logit_softcapping", None)
+        if cap:
+            logits = cap * torch.tanh(logits / cap)
         return torch.nn.functional.cross_entropy(logits, target[keep])
 
 

@@ -39,12 +39,16 @@ class ChatEncoder:
     """Tokenize chats for training with a Hugging Face (fast) tokenizer and a chat template."""
 
     def __init__(self, tokenizer: Any, template_source: str | None):
+        from nomoat.llm.chatformats import detect
         from nomoat.llm.templates import CHATML_TEMPLATE, compile_template
 
         self.tokenizer = tokenizer
         self.template = compile_template(template_source or CHATML_TEMPLATE)
         self.bos = tokenizer.bos_token or ""
         self.eos = tokenizer.eos_token or ""
+        # The token that closes an answer is the chat format's (Gemma's <end_of_turn>, not its <eos>).
+        family = detect(template_source or CHATML_TEMPLATE)
+        self.end_of_turn = family.end_of_turn if family else self.eos
         self._backend = getattr(tokenizer, "backend_tokenizer", None)
 
     def _tokens(self, text: str, special: bool) -> list[int]:
@@ -99,8 +103,8 @@ class ChatEncoder:
     def _template_text(self, text: str, after_answer: bool, ids: list[int], labels: list[int]) -> None:
         # After an answer, the template's text up to and including the end-of-turn token is trained too.
         head, tail = "", text
-        if after_answer and self.eos and self.eos in text:
-            cut = text.index(self.eos) + len(self.eos)
+        if after_answer and self.end_of_turn and self.end_of_turn in text:
+            cut = text.index(self.end_of_turn) + len(self.end_of_turn)
             head, tail = text[:cut], text[cut:]
         head_ids, tail_ids = self._tokens(head, special=True), self._tokens(tail, special=True)
         ids += head_ids + tail_ids

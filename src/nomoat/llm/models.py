@@ -92,32 +92,65 @@ def _run_export(run: Path) -> ModelRef:
 
 
 def describe(ref: ModelRef) -> dict[str, Any]:
-    """Size, architecture, context length and quantization of a model, validating a GGUF on the way."""
+    """Size, architecture, parameters, context length, quantization and tune/export support of a model,
+    validating a GGUF on the way."""
     info: dict[str, Any] = {"name": ref.name, "path": str(ref.path), "kind": ref.kind, "source": ref.source}
     if ref.kind == "gguf":
         from nomoat.llm.gguf_check import quantization, read_header
 
         header = read_header(ref.path)
-        params = sum(header.tensor_types.values())
         info |= {
             "bytes": ref.path.stat().st_size,
             "architecture": header.architecture,
             "context_length": header.arch_value("context_length"),
             "quantization": quantization(header),
-            "parameters": params,
+            "parameters": sum(header.tensor_types.values()),
             "chat_template": "tokenizer.chat_template" in header.metadata,
         }
     else:
         config = read_json(ref.path / "config.json", ModelError)
-        weights = list(ref.path.glob("*.safetensors"))
+        weights = sorted(ref.path.glob("*.safetensors"))
         info |= {
             "bytes": sum(w.stat().st_size for w in weights),
             "architecture": config.get("model_type", "?"),
             "context_length": config.get("max_position_embeddings"),
             "quantization": str(config.get("torch_dtype") or config.get("dtype") or "?"),
+            "parameters": sum(_safetensors_parameters(w) for w in weights),
             "chat_template": (ref.path / "tokenizer_config.json").exists(),
         }
+    from nomoat.llm.architectures import supported
+
+    info["tune_export"] = supported(info["architecture"], ref.kind)
     return info
+
+
+def architecture(ref: ModelRef) -> Any:
+    """The :mod:`~nomoat.llm.architectures` row of a model, read from its header or config.json alone (no weights
+    load), or a one-line UserError naming an architecture tune/export do not support."""
+    from nomoat.llm import architectures
+
+    if ref.kind == "gguf":
+        from nomoat.llm.gguf_check import read_header
+
+        return architectures.for_gguf(read_header(ref.path).architecture)
+    return architectures.for_hf(read_json(ref.path / "config.json", ModelError).get("model_type"))
+
+
+def _safetensors_parameters(path: Path) -> int:
+    """Parameter count from a safetensors header (8-byte length, then JSON): no tensor is read."""
+    import json
+    import math
+    import struct
+
+    try:
+        with open(path, "rb") as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            if length > 100 * 2**20:
+                raise ValueError("header too large")
+            header = json.loads(fh.read(length))
+    except (OSError, ValueError, struct.error) as exc:
+        raise ModelError(f"{path.name}: not a readable safetensors file ({exc})") from None
+    return sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
 
 
 def available() -> list[dict[str, Any]]:
@@ -156,12 +189,23 @@ def _exported() -> list[ModelRef]:
 
 def format_models(found: list[dict[str, Any]]) -> str:
     """What ``nomoat models`` prints: one aligned row per model."""
-    rows = [("NAME", "ARCH", "QUANT", "CONTEXT", "SIZE", "PATH")]
+    rows = [("NAME", "ARCH", "PARAMS", "QUANT", "CONTEXT", "SIZE", "TUNE/EXPORT", "PATH")]
     for m in found:
         if "error" in m:
-            rows.append((m["name"], "-", "-", "-", "-", f"unusable: {m['error']}"))
+            rows.append((m["name"], "-", "-", "-", "-", "-", "-", f"unusable: {m['error']}"))
             continue
         size = f"{m['bytes'] / 2**20:.0f} MiB"
-        rows.append((m["name"], m["architecture"], m["quantization"], str(m["context_length"]), size, m["path"]))
+        support = "yes" if m.get("tune_export") else "chat only"
+        rows.append((m["name"], m["architecture"], _count(m.get("parameters")), m["quantization"],
+                     str(m["context_length"]), size, support, m["path"]))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows)
+
+
+def _count(n: int | None) -> str:
+    if not n:
+        return "?"
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)

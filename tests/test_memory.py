@@ -1,0 +1,59 @@
+"""Memory planning before a tune: the estimate, and the refusal (with the estimate) when it cannot fit,
+tested with a fake memory limit (NOMOAT_MEMORY_LIMIT)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from nomoat.config import TuneConfig
+from nomoat.errors import UserError
+from nomoat.finetune import memory
+
+LLAMA_7B = SimpleNamespace(hidden_size=4096, num_hidden_layers=32, intermediate_size=11008, vocab_size=32000)
+
+
+def test_estimate_of_a_7b_base() -> None:
+    plan = memory.estimate(LLAMA_7B, 6_738_415_616, TuneConfig(batch_size=4, max_length=1024), bf16=True)
+    assert plan.load == 4 * 6_738_415_616  # fp32 while transformers loads it
+    assert plan.weights == 2 * 6_738_415_616  # then bf16
+    assert 20 * memory.GIB < plan.peak < 40 * memory.GIB
+    fsdp = memory.estimate(LLAMA_7B, 6_738_415_616, TuneConfig(), bf16=True, shards=4)
+    assert fsdp.weights == plan.weights // 4
+    two = memory.estimate(LLAMA_7B, 6_738_415_616, TuneConfig(), bf16=True, processes=2)
+    assert two.peak == 2 * memory.estimate(LLAMA_7B, 6_738_415_616, TuneConfig(), bf16=True).peak
+
+
+def test_refused_with_the_estimate_when_it_does_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = memory.estimate(LLAMA_7B, 6_738_415_616, TuneConfig(), bf16=False)
+    monkeypatch.setenv(memory.LIMIT_ENV, "24G")
+    with pytest.raises(UserError, match=r"needs about \d+\.\d GiB .* only 24\.0 GiB are free"):
+        memory.check(plan)
+    monkeypatch.setenv(memory.LIMIT_ENV, "1T")
+    memory.check(plan)
+
+
+def test_sizes_and_real_availability(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(memory.LIMIT_ENV, raising=False)
+    assert memory.available() is None or memory.available() > 0
+    assert memory._parse_size("8G") == 8 * memory.GIB and memory._parse_size("512MiB") == 512 * 2**20
+    with pytest.raises(UserError, match="NOMOAT_MEMORY_LIMIT"):
+        memory._parse_size("lots")
+
+
+def test_tune_refuses_up_front_under_a_fake_limit(tiny_gguf: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    pytest.importorskip("torch")
+    from nomoat.finetune import tune
+
+    row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps(row) + "\n")
+    monkeypatch.setenv(memory.LIMIT_ENV, "64M")  # the tiny model itself needs far less, Python and torch more
+    with pytest.raises(UserError, match=r"needs about .* GiB .* only 0\.1 GiB are free") as err:
+        tune.run(data, model=tiny_gguf, output=tmp_path / "run", steps=1, progress=False)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "run" / "adapter").exists() and not list((tmp_path / "run").glob("*.safetensors"))
