@@ -22,7 +22,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 FUNCTION_OF = {  # command -> the API function its handler calls
     "chat": api.chat, "models": api.models, "ingest": api.ingest, "search": api.search, "ask": api.ask,
     "data": api.build_dataset, "tune": api.tune, "export": api.export, "eval": api.evaluate, "serve": api.serve,
-    "kb": api.kb_info,
+    "kb": api.kb_info, "learn": api.learn,
 }  # fmt: skip
 OFFICE_MD = "# Office notes\n\nThe office wifi password is hunter42 and the router lives in room 3B.\n"
 
@@ -129,7 +129,9 @@ def test_each_function_runs_with_the_cli_arguments(
     with pytest.raises(UserError, match="temperature"):
         nomoat.chat("hello", model=tiny_gguf, no_kb=True, temperature=9)
 
-    built = nomoat.build_dataset(kb="t", output=tmp_path / "d.jsonl", max=3, no_model=True, eval_fraction=0.0)
+    built = nomoat.build_dataset(
+        kb="t", output=tmp_path / "d.jsonl", max=3, no_model=True, eval_fraction=0.0, target="chat"
+    )
     assert 1 <= built["train"] <= 3 and Path(built["output"]).is_file()
     assert nomoat.dataset_stats(built["output"])["rows"] == built["train"]
     alpaca = tmp_path / "a.jsonl"

@@ -9,6 +9,7 @@ import pytest
 
 from fakes import FakeChatModel, FakeEmbedder
 from nomoat import cli
+from nomoat.answer import rag
 from nomoat.config import CurateConfig, parse_duration
 from nomoat.dataset import curate, filters
 from nomoat.dataset.extract import Pair, extract_pairs
@@ -188,7 +189,10 @@ PLANTED = "alice.smith@example.com", "+1-202-555-0143", "4111 1111 1111 1111"
 
 
 @pytest.fixture
-def kb(tmp_path: Path) -> Path:
+def kb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from nomoat.kb import retrieval
+
+    monkeypatch.setattr(retrieval, "_load", lambda name: FakeEmbedder())  # RAG rows search the KB as ask does
     docs = tmp_path / "docs"
     docs.mkdir()
     for i in range(6):
@@ -219,9 +223,11 @@ def test_build_writes_grounded_split_scrubbed_rows_and_a_card(kb: Path, tmp_path
     for planted in PLANTED:
         assert planted not in everything
     assert summary["pii"]["email"] >= 1 and summary["pii"]["phone"] >= 1
-    for row in train + evals:
-        assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
-        assert set(row["meta"]) >= {"chunk_ids", "source", "generator", "filters"}
+    for row in train + evals:  # ask's prompt, then a cited answer (or "the files do not say")
+        assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant"]
+        assert set(row["meta"]) >= {"chunk_ids", "source", "generator", "filters", "question", "answer", "golden"}
+        reply = row["messages"][-1]["content"]
+        assert reply == rag.FILES_DO_NOT_SAY if row["meta"]["golden"] is None else f"[{row['meta']['golden']}]" in reply
     assert {"extractive", "model"} <= set(summary["generators"])
     card = (tmp_path / "out" / "data.md").read_text()
     assert "Removed by filter" in card and "Personal data replaced" in card
@@ -253,8 +259,23 @@ def test_an_interrupted_build_resumes_without_asking_the_model_again(kb: Path, t
 
 
 def test_no_model_and_max(kb: Path, tmp_path: Path) -> None:
-    summary = curate.build("t", tmp_path / "d.jsonl", use_model=False, max_pairs=4, eval_fraction=0, progress=False)
+    summary = curate.build("t", tmp_path / "d.jsonl", use_model=False, max_pairs=4, eval_fraction=0, target="chat",
+                           progress=False)  # fmt: skip
     assert summary["train"] == 4 and summary["eval"] == 0 and set(summary["generators"]) == {"extractive"}
+    row = json.loads((tmp_path / "d.jsonl").read_text().splitlines()[0])
+    assert [m["role"] for m in row["messages"]] == ["user", "assistant"] and "format" not in row["meta"]
+
+
+def test_max_bounds_the_models_work_not_only_the_output(kb: Path, tmp_path: Path) -> None:
+    reply = "Question: What does tool1 rotate every night?\nAnswer: tool1 rotates the logs of service number 1."
+    model = FakeChatModel([reply] * 99)
+    summary = curate.build("t", tmp_path / "d.jsonl", model=model, max_pairs=2, eval_fraction=0, target="chat",
+                           progress=False)  # fmt: skip
+    usable = summary["chunks"] - sum(summary["skipped"].values())
+    assert summary["train"] <= 2 and len(model.calls) < usable  # it stopped asking once it had enough
+    unbounded = FakeChatModel([reply] * 99)
+    curate.build("t", tmp_path / "e.jsonl", model=unbounded, eval_fraction=0, target="chat", progress=False)
+    assert len(unbounded.calls) == usable
 
 
 @pytest.mark.parametrize(
@@ -277,6 +298,11 @@ def test_cli_build_json(kb: Path, tmp_path: Path, capsys) -> None:  # type: igno
     assert cli.main(["data", "build", "--kb", "t", "-o", str(out), "--no-model", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["train"] + summary["eval"] > 0 and Path(summary["card"]).exists()
+
+
+def test_an_unknown_target_is_a_user_error(kb: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="--for"):
+        curate.build("t", tmp_path / "x.jsonl", use_model=False, target="sft")
 
 
 def test_unknown_kb_is_a_user_error(tmp_path: Path) -> None:

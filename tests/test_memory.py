@@ -57,3 +57,13 @@ def test_tune_refuses_up_front_under_a_fake_limit(tiny_gguf: Path, tmp_path: Pat
         tune.run(data, model=tiny_gguf, output=tmp_path / "run", steps=1, progress=False)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "run" / "adapter").exists() and not list((tmp_path / "run").glob("*.safetensors"))
+
+
+def test_the_estimate_follows_the_real_rows() -> None:
+    """RAG rows: long prompts, short answers. Logits are computed for the labelled tokens only."""
+    worst = memory.estimate(LLAMA_7B, 6_738_415_616, TuneConfig(max_length=2048), bf16=True)
+    rag = memory.estimate(LLAMA_7B, 6_738_415_616, TuneConfig(max_length=2048), bf16=True, rows=(1400, 40))
+    assert rag.activations == worst.activations * 1400 // 2048
+    assert rag.logits == worst.logits * 40 // 2048
+    capped = memory.estimate(LLAMA_7B, 6_738_415_616, TuneConfig(max_length=1024), bf16=True, rows=(5000, 5000))
+    assert capped.peak == memory.estimate(LLAMA_7B, 6_738_415_616, TuneConfig(max_length=1024), bf16=True).peak

@@ -26,6 +26,7 @@ __all__ = [
     "import_dataset",
     "ingest",
     "kb_info",
+    "learn",
     "list_kbs",
     "models",
     "remove_kb",

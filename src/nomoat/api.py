@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 def chat(
     message: str | None = None,
     *,
-    model: str | Path = DEFAULT_MODEL,
+    model: str | Path | None = None,
     kb: str | None = None,
     no_kb: bool = False,
     system: str | None = None,
@@ -41,11 +41,13 @@ def chat(
 
     Answers come from knowledge base ``kb``, or from the default one when it exists, unless ``no_kb``: then the
     model answers alone. A grounded answer is :func:`ask`'s; a plain one ``{"answer", "model", "usage",
-    "finish_reason", "notices"}``. ``on_text`` receives the answer as it streams.
+    "finish_reason", "notices"}``. ``on_text`` receives the answer as it streams. ``model`` None: the one
+    ``nomoat learn`` made for the knowledge base, else the bundled one.
     """
     from nomoat.answer import chat as stage
     from nomoat.config import ChatConfig, runtime_settings
 
+    model = _model_for(model, None if no_kb else kb or DEFAULT_KB)
     overrides = {"max_tokens": max_tokens, "temperature": temperature, "seed": seed}
     runtime = runtime_settings(ctx, threads)
     if message is None:
@@ -97,7 +99,7 @@ def ask(
     question: str,
     *,
     kb: str = DEFAULT_KB,
-    model: str | Path = DEFAULT_MODEL,
+    model: str | Path | None = None,
     k: int | None = None,
     max_tokens: int | None = None,
     temperature: float | None = None,
@@ -106,12 +108,13 @@ def ask(
     threads: int | None = None,
 ) -> Answer:
     """``nomoat ask``: an answer from knowledge base ``kb`` with checked citations:
-    ``{"answer", "grounded", "citations": [{"n", "path", "location", "quote", "chunk_id"}], "model", "mode"}``."""
+    ``{"answer", "grounded", "citations": [{"n", "path", "location", "quote", "chunk_id"}], "model", "mode"}``.
+    ``model`` None: the one ``nomoat learn`` made for ``kb``, else the bundled one."""
     from nomoat.answer import rag
     from nomoat.config import RagConfig, generation_settings, runtime_settings
 
     gen = generation_settings(RagConfig().generation(), max_tokens=max_tokens, temperature=temperature, seed=seed)
-    return rag.ask(question, kb, model=model, k=k, gen=gen, runtime=runtime_settings(ctx, threads))
+    return rag.ask(question, kb, model=_model_for(model, kb), k=k, gen=gen, runtime=runtime_settings(ctx, threads))
 
 
 def build_dataset(
@@ -123,17 +126,20 @@ def build_dataset(
     eval_fraction: float | None = None,
     model: str | Path = DEFAULT_MODEL,
     no_model: bool = False,
+    target: str | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """``nomoat data build``: a grounded, deduplicated, PII-scrubbed chat dataset from knowledge base ``kb``.
 
-    Writes ``output`` (default ``data.jsonl``), its eval split and a dataset card; ``max`` bounds the rows,
-    ``time`` (``"30m"`` or seconds) the model's share of the work; ``no_model`` keeps only extractive pairs.
+    Writes ``output`` (default ``data.jsonl``), its eval split and a dataset card; ``max`` bounds the rows (and the
+    model's work), ``time`` (``"30m"`` or seconds) the model's share of the work; ``no_model`` keeps only
+    extractive pairs. ``target`` "rag" (``--for rag``, the default) writes rows in ``ask``'s own prompt format with
+    the KB's sources, "chat" the bare question and answer.
     """
     from nomoat.dataset import curate
 
     return curate.build(kb, output, max_pairs=max, time_budget=_seconds(time, "--time"), eval_fraction=eval_fraction,
-                        model=model, use_model=not no_model, progress=progress)  # fmt: skip
+                        model=model, use_model=not no_model, target=target, progress=progress)  # fmt: skip
 
 
 def import_dataset(file: str | Path, *, output: str | Path | None = None) -> dict[str, Any]:
@@ -227,7 +233,7 @@ def serve(
     allow_host: Sequence[str] = (),
     cors_origin: Sequence[str] = (),
     max_queue: int | None = None,
-    model: str | Path = DEFAULT_MODEL,
+    model: str | Path | None = None,
     ctx: int | None = None,
     threads: int | None = None,
     on_ready: Callable[[str], None] | None = None,
@@ -242,7 +248,25 @@ def serve(
     given = {"host": host, "port": port, "api_key": api_key, "kb": kb, "max_queue": max_queue}
     config = replace(ServeConfig(), **{k: v for k, v in given.items() if v is not None})
     config.allow_hosts, config.cors_origins = tuple(allow_host), tuple(cors_origin)
-    serving.run(config, model=model, runtime=runtime_settings(ctx, threads), on_ready=on_ready)
+    serving.run(config, model=_model_for(model, config.kb), runtime=runtime_settings(ctx, threads), on_ready=on_ready)
+
+
+def learn(
+    folders: Sequence[str | Path] = (),
+    *,
+    kb: str = DEFAULT_KB,
+    time: str | float | None = None,
+    model: str | Path = DEFAULT_MODEL,
+    resume: bool = False,
+    restart: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """``nomoat learn FOLDER``: ingest -> data build -> tune -> export -> eval in one ``time`` budget (default
+    ``"2h"``), resumable (``resume``); afterwards ask/chat/serve on ``kb`` use the learned model. Returns
+    ``{"learned_model", "report", "gain", "stages", ...}``."""
+    from nomoat.pipeline import loop
+
+    return loop.run(folders, kb=kb, time=time, model=model, resume=resume, restart=restart, progress=progress)
 
 
 def list_kbs() -> list[dict[str, Any]]:
@@ -264,6 +288,16 @@ def remove_kb(name: str) -> str:
     from nomoat.kb import catalog
 
     return catalog.remove_kb(name)
+
+
+def _model_for(model: str | Path | None, kb: str | None) -> str | Path:
+    """The model to answer with: the one given, else the one ``nomoat learn`` recorded for ``kb``, else the
+    bundled one (``--model default`` always means the bundled one)."""
+    if model is not None:
+        return model
+    from nomoat.kb import catalog
+
+    return catalog.learned_model(kb) or DEFAULT_MODEL
 
 
 def _seconds(value: str | float | None, flag: str) -> float | None:

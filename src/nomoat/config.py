@@ -257,6 +257,13 @@ class CurateConfig:
     """Highest share of repeated word trigrams in an answer (small models loop)."""
     dedup_threshold: float = 0.8
     """MinHash Jaccard similarity above which a row is a near-duplicate of an earlier one."""
+    target: str = "rag"
+    """Row format: "rag" (ask's own prompt with the KB's sources and a cited answer, dataset/raft.py) or "chat"
+    (the question alone). RAG rows train the model for the job ask gives it (docs/benchmarks.md)."""
+    rag_missing_share: float = 0.2
+    """Share of RAG rows whose golden chunk is taken out of the sources; their answer says the files do not say."""
+    model_budget_s: float = 600.0
+    """Time for model-written pairs when no --time is given (planned and printed with an ETA before it starts)."""
     model_answer_tokens: int = 96
     model_temperature: float = 0.3
     model_chunk_chars: int = 1500
@@ -276,8 +283,9 @@ class TuneConfig:
     lr: float = 2e-4
     batch_size: int = 8
     """Rows per optimizer step (per process under torchrun)."""
-    max_length: int = 1024
-    """Longest row in tokens (capped at the model's context); longer rows are an error (--skip-invalid)."""
+    max_length: int = 2048
+    """Longest row in tokens (capped at the model's context); longer rows are an error (--skip-invalid). RAG rows
+    (ask's prompt with its sources) run to about 1,400 tokens."""
     warmup_steps: int = 10
     min_lr_ratio: float = 0.1
     """The cosine schedule ends at this fraction of ``lr``."""
@@ -327,6 +335,25 @@ class EvalConfig:
     """Which questions, the bootstrap resamples and the sampling seed: the same seed gives the same table."""
     max_tokens: int = 96
     """Longest answer of any configuration (greedy decoding)."""
+
+
+@dataclass
+class LearnConfig:
+    """``nomoat learn FOLDER``: ingest, build data, tune, export and eval in one time budget."""
+
+    time: str = "2h"
+    """The whole budget. Ingest takes what it needs; the rest is split by the shares below."""
+    data_share: float = 0.2
+    """Share of the time left after ingest for model-written training pairs (``nomoat data build --time``)."""
+    tune_share: float = 0.55
+    """Share for ``nomoat tune --time`` (the rest, less export, goes to eval)."""
+    export_s: float = 120.0
+    """Planned time for the export with its parity check (the bundled model's takes about a minute here)."""
+    answer_s: float = 4.0
+    """Planned seconds per eval answer; with eval's share it sets how many questions eval asks."""
+    export_quants: tuple[str, ...] = ("q8_0",)
+    """GGUF types tried in order, fastest first: the first to pass its parity check is delivered. q4_0 prefills
+    faster but is allowed a 15 % perplexity gap, too much for a model this small (docs/benchmarks.md)."""
 
 
 @dataclass

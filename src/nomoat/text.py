@@ -146,3 +146,15 @@ def occurs(fact: str, text: str) -> bool:
 
 def squash(text: str) -> str:
     return " ".join(text.lower().split())
+
+
+_DECLINE = re.compile(
+    r"\b(do not hold an answer|files do not (say|contain|mention)|(i do not|i don't) know"
+    r"|not (in|mentioned in) the (files|sources))\b",
+    re.IGNORECASE,
+)
+
+
+def declines(answer: str) -> bool:
+    """True when an answer says the files do not hold it (the wording ``nomoat ask`` uses) or "I don't know"."""
+    return bool(_DECLINE.search(answer))

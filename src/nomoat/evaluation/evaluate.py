@@ -90,9 +90,11 @@ def read_questions(path: str | Path) -> list[dict[str, Any]]:
 
 
 def _question(row: dict[str, Any]) -> dict[str, Any]:
-    messages = row["messages"]
-    return {"question": messages[-2]["content"], "answer": messages[-1]["content"],
-            "source": (row.get("meta") or {}).get("source")}  # fmt: skip
+    """A row as ``{"question", "answer", "source"}``; a RAG row (dataset/raft.py) keeps its bare question and
+    reference answer in ``meta``, since its messages hold the whole ask prompt and a cited reply."""
+    messages, meta = row["messages"], row.get("meta") or {}
+    question = meta.get("question") or messages[-2]["content"]
+    return {"question": question, "answer": meta.get("answer") or messages[-1]["content"], "source": meta.get("source")}
 
 
 class AnswerCache:
@@ -119,7 +121,7 @@ class AnswerCache:
         got = ask(question)
         got = got if isinstance(got, dict) else {"answer": got}
         entry = {"key": key, "answer": got["answer"], "citations": got.get("citations") or [],
-                 "seconds": round(time.perf_counter() - start, 4)}  # fmt: skip
+                 "mode": got.get("mode"), "seconds": round(time.perf_counter() - start, 4)}  # fmt: skip
         self.entries[key] = entry
         if self.path is not None:
             self._append(entry)
@@ -168,6 +170,7 @@ def score(
         cited = [_cites_answer(g, q["answer"], chunk_texts) for g, q in zip(got, questions, strict=True)
                  if g["citations"] and not abstained(g["answer"])]  # fmt: skip
         seconds = sorted(g["seconds"] for g in got)
+        modes = [g.get("mode") for g in got]
         table[name] = {
             "f1": bootstrap_ci(f1[name], seed=seed),
             "contains": bootstrap_ci([float(contains(a, q["answer"])) for a, q in pairs], seed=seed),
@@ -177,12 +180,29 @@ def score(
             "abstain_answerable": sum(map(abstained, texts)) / max(1, len(texts)),
             "seconds_p50": _quantile(seconds, 0.5),
             "seconds_p95": _quantile(seconds, 0.95),
+            **_mode_metrics(modes, seed),
         }
         answers[name] = texts
     bar.close()
     return {"questions": len(questions), "unanswerable": len(unanswerable), "table": table,
             "gains": gains(f1, seed), "disagreements": _disagreements(questions, answers, f1),
             "cached": cache.hits}  # fmt: skip
+
+
+MODES = ("generated", "extractive", "abstained", "declined")
+"""How ``nomoat ask`` answered (:class:`nomoat.answer.rag.Answer`): where tuning's gain shows."""
+
+
+def _mode_metrics(modes: Sequence[str | None], seed: int) -> dict[str, Any]:
+    """For configurations answering through ask: the share of answerable questions answered in the model's own
+    words that passed the fact check (``generated``), the share of each mode, and the check's pass rate over the
+    answers the model wrote (generated or replaced by quotes). Plain configurations get ``generated`` None."""
+    if not modes or any(m is None for m in modes):
+        return {"generated": None}
+    wrote = [float(m == "generated") for m in modes if m in ("generated", "extractive")]
+    return {"generated": bootstrap_ci([float(m == "generated") for m in modes], seed=seed),
+            "modes": {m: modes.count(m) / len(modes) for m in MODES},
+            "fact_check_pass": bootstrap_ci(wrote, seed=seed)}  # fmt: skip
 
 
 def _cites_answer(got: dict[str, Any], reference: str, chunk_texts: Callable | None) -> float:

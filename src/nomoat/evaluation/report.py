@@ -22,7 +22,7 @@ def cell(ci: Sequence[float] | None) -> str:
 
 
 COLUMNS = (("f1", "token F1"), ("contains", "contains answer"), ("citation_accuracy", "cites answer"),
-           ("abstain_unanswerable", "abstains (unans.)"))  # fmt: skip
+           ("abstain_unanswerable", "abstains (unans.)"), ("generated", "own words, checked"))  # fmt: skip
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -34,14 +34,25 @@ def format_table(result: dict[str, Any]) -> str:
         ppl = row.get("perplexity")
         p50 = row["seconds_p50"]
         lines.append(
-            f"{name:14s}" + "".join(f" {cell(row[key]):>18s}" for key, _ in COLUMNS)
+            f"{name:14s}" + "".join(f" {cell(row.get(key)):>18s}" for key, _ in COLUMNS)
             + f" {'-' if ppl is None else f'{ppl:.2f}':>6s} {'-' if p50 is None else f'{p50:.2f}':>6s}"
         )  # fmt: skip
+    for name, row in result["table"].items():
+        if row.get("modes"):
+            lines.append(f"{name} answered: {modes_line(row)}")
     for pair, ci in result.get("gains", {}).items():
         lines.append(f"token F1 {pair}: {ci[0]:+.2f} [{ci[1]:+.2f} to {ci[2]:+.2f}], {verdict(ci)}" if ci else pair)
     if result.get("report"):
         lines.append(f"report: {result['report']}")
     return "\n".join(lines)
+
+
+def modes_line(row: dict[str, Any]) -> str:
+    """How a configuration that answers through ask answered: "62% own words, 30% quoted, ..."."""
+    names = {"generated": "own words", "extractive": "quoted", "abstained": "abstained", "declined": "declined"}
+    shares = ", ".join(f"{row['modes'].get(m, 0):.0%} {label}" for m, label in names.items())
+    passed = row.get("fact_check_pass")
+    return shares + ("" if passed is None else f"; the fact check passed {passed[0]:.0%} of the model's answers")
 
 
 # One colour per configuration, the same in every plot: base grey, tuned blue; +RAG a darker shade.
@@ -104,12 +115,13 @@ def _table(result: dict[str, Any]) -> str:
     rows = []
     for name, row in result["table"].items():
         ppl = row.get("perplexity")
-        cells = "".join(f"<td class='num'>{cell(row[k])}</td>" for k, _ in COLUMNS)
+        cells = "".join(f"<td class='num'>{cell(row.get(k))}</td>" for k, _ in COLUMNS)
         extra = f"<td class='num'>{'-' if ppl is None else f'{ppl:.2f}'}</td>"
         extra += f"<td class='num'>{_seconds(row.get('seconds_p50'))} / {_seconds(row.get('seconds_p95'))}</td>"
+        extra += f"<td>{escape(modes_line(row)) if row.get('modes') else '-'}</td>"
         rows.append(f"<tr><th>{escape(name)}</th>{cells}{extra}</tr>")
-    return (f"<table><tr><th>configuration</th>{head}<th>perplexity</th><th>seconds p50 / p95</th></tr>"
-            f"{''.join(rows)}</table>")  # fmt: skip
+    return (f"<table><tr><th>configuration</th>{head}<th>perplexity</th><th>seconds p50 / p95</th>"
+            f"<th>how it answered</th></tr>{''.join(rows)}</table>")  # fmt: skip
 
 
 def _seconds(value: float | None) -> str:

@@ -18,13 +18,10 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from nomoat.text import declines
+
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
-_ABSTAIN = re.compile(
-    r"\b(do not hold an answer|files do not (say|contain|mention)|(i do not|i don't) know"
-    r"|not (in|mentioned in) the (files|sources))\b",
-    re.IGNORECASE,
-)
 
 
 def normalize(text: str) -> str:
@@ -53,7 +50,7 @@ def contains(answer: str, reference: str) -> bool:
 
 def abstained(answer: str) -> bool:
     """True when the answer declines: the phrasing ``nomoat ask`` uses, or a plain "I don't know"."""
-    return bool(_ABSTAIN.search(answer))
+    return declines(answer)
 
 
 def bootstrap_ci(values: Sequence[float], *, level: float = 0.95, samples: int = 2000, seed: int = 0

@@ -52,11 +52,14 @@ class Estimate:
 
 
 def estimate(config: Any, parameters: int, tune: TuneConfig, bf16: bool, *, file_bytes: int = 0,
-             processes: int = 1, shards: int = 1) -> Estimate:  # fmt: skip
-    """Peak memory of a tune of a model with transformers ``config`` and ``parameters`` weights."""
+             processes: int = 1, shards: int = 1, rows: tuple[int, int] | None = None) -> Estimate:  # fmt: skip
+    """Peak memory of a tune of a model with transformers ``config`` and ``parameters`` weights. ``rows``:
+    (longest row, most labelled tokens in a row) of the real data; without it every row is ``max_length`` tokens,
+    all labelled (RAG rows are long prompts with short answers: their logits cost little)."""
     hidden, layers = config.hidden_size, config.num_hidden_layers
     inter = getattr(config, "intermediate_size", 4 * hidden) or 4 * hidden
-    tokens = tune.batch_size * tune.max_length
+    longest, labelled = rows or (tune.max_length, tune.max_length)
+    tokens = tune.batch_size * min(longest, tune.max_length)
     # LoRA on the 7 projections of a layer: rank x (in + out) each, about rank x (8 hidden + 3 intermediate)
     lora_params = layers * tune.rank * (8 * hidden + 3 * inter)
     act_bytes = 2 if bf16 else 4
@@ -65,7 +68,7 @@ def estimate(config: Any, parameters: int, tune: TuneConfig, bf16: bool, *, file
         weights=(2 if bf16 else 4) * parameters // shards,
         lora=16 * lora_params,
         activations=tokens * layers * act_bytes * (16 * hidden + 3 * inter),
-        logits=tokens * 12 * config.vocab_size,
+        logits=tune.batch_size * min(labelled, tune.max_length) * 12 * config.vocab_size,
         processes=processes,
     )
 
@@ -117,12 +120,17 @@ def _parse_size(text: str) -> int:
         raise UserError(f"{LIMIT_ENV} must be a size such as 8G (got {text!r})") from None
 
 
-def check_base(base: Any, tune: TuneConfig, bf16: bool, device: str, processes: int = 1) -> Estimate:
-    """Estimate the tune of a loaded-but-weightless :class:`~nomoat.finetune.basemodel.Base` and check it fits."""
+def check_base(base: Any, tune: TuneConfig, bf16: bool, device: str, processes: int = 1, examples: Any = ()
+               ) -> Estimate:  # fmt: skip
+    """Estimate the tune of a loaded-but-weightless :class:`~nomoat.finetune.basemodel.Base` on ``examples``
+    (:class:`~nomoat.finetune.trainset.Example` rows; none: the worst case) and check it fits."""
     from nomoat.llm.models import describe
 
     info = describe(base.ref)
-    plan = estimate(base.config, int(info.get("parameters") or 0), tune, bf16,
+    rows = None
+    if examples:
+        rows = (max(len(e.ids) for e in examples), max(sum(t >= 0 for t in e.labels) for e in examples))
+    plan = estimate(base.config, int(info.get("parameters") or 0), tune, bf16, rows=rows,
                     file_bytes=info["bytes"] if base.ref.kind == "gguf" else 0, processes=processes)  # fmt: skip
     check(plan, device)
     return plan

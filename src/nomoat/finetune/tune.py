@@ -116,7 +116,7 @@ class _Session:
         if not evals and dist.main and not resuming:
             print("nomoat: no eval rows (DATA.eval.jsonl or --eval FILE): eval loss is not measured", file=sys.stderr)
         bf16 = training.use_bf16(config.precision, dist.device)
-        memory.check_base(base, config, bf16, dist.device, int(os.environ.get("LOCAL_WORLD_SIZE", dist.world)))
+        memory.check_base(base, config, bf16, dist.device, int(os.environ.get("LOCAL_WORLD_SIZE", dist.world)), train)
         model = training.add_lora(base.load_weights(torch.float32), config, bf16).to(dist.device)
         params = training.trainable(model)
         optimizer = torch.optim.AdamW([p for _, p in params], lr=config.lr, weight_decay=0.0)

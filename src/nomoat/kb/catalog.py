@@ -9,8 +9,8 @@ from typing import Any
 
 from nomoat import paths
 from nomoat.errors import UserError
-from nomoat.kb.schema import Connection, embedder_of, get_meta
-from nomoat.kb.store import connect, kb_lock
+from nomoat.kb.schema import Connection, embedder_of, get_meta, set_meta
+from nomoat.kb.store import connect, kb_lock, transaction
 
 
 def _bytes(path: Path) -> int:
@@ -47,7 +47,23 @@ def kb_info(name: str) -> dict[str, Any]:
         info["embedder"], info["dim"] = emb if emb else (None, None)
         info["created_at"] = get_meta(conn, "created_at")
         info["schema"] = conn.execute("PRAGMA user_version").fetchone()[0]
+        info["learned_model"] = get_meta(conn, "learned_model")
     return info
+
+
+def set_learned_model(name: str, model: str) -> None:
+    """Record ``model`` (a GGUF ``nomoat learn`` made from this KB) as the one ask/chat/serve use on it."""
+    with connect(name) as conn, transaction(conn):
+        set_meta(conn, "learned_model", str(model))
+
+
+def learned_model(name: str | None) -> str | None:
+    """The model ``nomoat learn`` recorded for knowledge base ``name``, if the KB and the file both exist."""
+    if not name or not paths.kb_path(name).exists():
+        return None
+    with connect(name) as conn:
+        model = get_meta(conn, "learned_model")
+    return model if model and Path(model).is_file() else None
 
 
 def remove_kb(name: str) -> str:
