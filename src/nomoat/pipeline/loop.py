@@ -161,7 +161,7 @@ def real_stages() -> dict[str, Stage]:
 def format_learn(state: State) -> str:
     """What ``nomoat learn`` prints at the end: the model, the report, and the one line of what was gained."""
     lines = [f"learned model: {state.get('learned_model')}  (used by ask/chat/serve on --kb {state['kb']})",
-             f"report: {state.get('report')}"]  # fmt: skip
+             f"report: {state.get('report') or '-'}"]  # fmt: skip
     gain = state.get("gain")
     if gain:
         lines.append(gain)
