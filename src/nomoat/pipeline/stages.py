@@ -95,8 +95,10 @@ def evaluate(state: State, seconds: float, config: LearnConfig, progress: bool) 
 
     run = state["stages"]["tune"]["run"]
     if not state["stages"]["data"]["eval"]:  # eval on training documents would measure memory, not learning
-        gain = ("gain not measured: the folder has too few documents to hold some out for eval "
-                "(`nomoat eval RUN --questions FILE` measures it on your own questions)")
+        gain = (
+            "gain not measured: the folder has too few documents to hold some out for eval "
+            "(`nomoat eval RUN --questions FILE` measures it on your own questions)"
+        )
         return {"report": None, "questions": 0, "gain": gain}
     result = stage.run(run, model=state["stages"]["export"]["gguf"], kb=state["kb"],
                        limit=eval_questions(seconds, config), progress=progress)  # fmt: skip
