@@ -146,3 +146,28 @@ def test_the_plan_splits_the_time_left() -> None:
         assert abs(sum(planned.values()) - left) <= 2 and planned["tune"] > planned["data"]
     assert loop.plan(30, config)["eval"] == 60  # never a report without questions
     assert stages.eval_questions(60, config) == 5 and stages.eval_questions(3600, config) > 100
+
+
+def test_a_stage_that_runs_over_takes_its_time_from_the_later_ones(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(loop.clock, "monotonic", lambda: now[0])
+    given: dict[str, float] = {}
+    stages = fake_stages(tmp_path / "log")
+
+    def slow_data(state: dict[str, Any], seconds: float, config: LearnConfig, progress: bool) -> dict[str, Any]:
+        now[0] += 3 * seconds  # three times its plan
+        return {"made": "data"}
+
+    def recording(name: str) -> loop.Stage:
+        def run(state: dict[str, Any], seconds: float, config: LearnConfig, progress: bool) -> dict[str, Any]:
+            given[name] = seconds
+            return stages[name](state, seconds, config, progress)
+
+        return run
+
+    state = loop.run([folder], kb="t", time="1h", stages={**stages, "data": slow_data, "tune": recording("tune")})
+    first = state["plan"]
+    assert given["tune"] < first["tune"]
+    assert given["tune"] == loop.plan(3600 - 3 * first["data"], LearnConfig(), ("tune", "export", "eval"))["tune"]

@@ -65,10 +65,13 @@ def run(
     for name in STAGES:
         if name in state["stages"]:
             continue
-        if name != "ingest" and "plan" not in state:
-            state["plan"] = plan(state["budget_s"] - state["elapsed_s"], config)
-            _print_plan(state, progress)
-        seconds = state.get("plan", {}).get(name, 0.0)
+        seconds = 0.0
+        if name != "ingest":
+            planned = plan(state["budget_s"] - state["elapsed_s"], config, STAGES[STAGES.index(name) :])
+            if "plan" not in state:  # the first plan is printed (and kept); later ones adjust to the time left
+                state["plan"] = planned
+                _print_plan(state, progress)
+            seconds = planned[name]
         _say(progress, f"[{STAGES.index(name) + 1}/{len(STAGES)}] {name}" + (f" (~{_minutes(seconds)})" if seconds
              else ""))  # fmt: skip
         started = clock.monotonic()
@@ -118,14 +121,19 @@ def _seconds(value: str | float) -> float:
     return seconds
 
 
-def plan(left_s: float, config: LearnConfig) -> dict[str, float]:
-    """Seconds for each stage after ingest, from the time left: data and tune by their shares, export a fixed
-    estimate, eval the rest (never below a minute: a report with no questions says nothing)."""
+def plan(left_s: float, config: LearnConfig, stages: Sequence[str] = ("data", "tune", "export", "eval")
+         ) -> dict[str, float]:  # fmt: skip
+    """Seconds for each of ``stages`` from the time left: export a fixed estimate, the others by their shares of
+    the rest (eval never below a minute: a report with no questions says nothing). The loop plans again before
+    every stage, so a stage that ran over takes its time from the ones after it, not from the budget."""
     left = max(0.0, left_s)
-    data, tune = config.data_share * left, config.tune_share * left
-    export = min(config.export_s, 0.5 * max(0.0, left - data - tune))
-    return {"data": round(data), "tune": round(tune), "export": round(export),
-            "eval": round(max(60.0, left - data - tune - export))}  # fmt: skip
+    export = min(config.export_s, 0.25 * left) if "export" in stages else 0.0
+    weights = {"data": config.data_share, "tune": config.tune_share, "eval": 1 - config.data_share - config.tune_share}
+    share = {s: weights[s] for s in stages if s in weights}
+    out = {s: (left - export) * w / sum(share.values()) for s, w in share.items()} | {"export": export}
+    if "eval" in out:
+        out["eval"] = max(60.0, out["eval"])
+    return {s: float(round(out[s])) for s in stages}
 
 
 def _print_plan(state: State, progress: bool) -> None:
