@@ -277,3 +277,18 @@ def test_a_model_alone_is_scored_on_a_question_file(tiny_gguf, tmp_path) -> None
     assert html.count("data:image/png;base64,") == 1 and "Training" not in html  # no run, no loss curve
     with pytest.raises(UserError, match="give a run to evaluate"):
         evaluate.run(model=tiny_gguf, kb=None)
+
+
+def test_a_deadline_stops_between_questions_with_every_configuration_on_the_same_ones() -> None:
+    questions = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(12)]
+    asked: dict[str, list[str]] = {"one": [], "two": []}
+
+    def answerer(name: str) -> evaluate.Answerer:
+        return lambda q: asked[name].append(q) or "a1"
+
+    result = evaluate.score(questions, {n: answerer(n) for n in asked}, unanswerable=["Who?"], deadline=0.0,
+                            min_questions=3)  # fmt: skip
+    assert asked["one"] == asked["two"] == ["Who?", "q0", "q1", "q2"]
+    assert result["questions"] == 3 and result["table"]["one"]["f1"][0] == pytest.approx(1 / 3)
+    everything = evaluate.score(questions, {n: answerer(n) for n in asked}, unanswerable=["Who?"])
+    assert everything["questions"] == 12

@@ -19,7 +19,7 @@ from nomoat import api, cli
 from nomoat.config import LearnConfig
 from nomoat.errors import UserError
 from nomoat.kb import catalog
-from nomoat.pipeline import loop, stages
+from nomoat.pipeline import loop
 
 TESTS = Path(__file__).resolve().parent
 
@@ -145,7 +145,6 @@ def test_the_plan_splits_the_time_left() -> None:
         assert set(planned) == {"data", "tune", "export", "eval"}
         assert abs(sum(planned.values()) - left) <= 2 and planned["tune"] > planned["data"]
     assert loop.plan(30, config)["eval"] == 60  # never a report without questions
-    assert stages.eval_questions(60, config) == 5 and stages.eval_questions(3600, config) > 100
 
 
 def test_a_stage_that_runs_over_takes_its_time_from_the_later_ones(

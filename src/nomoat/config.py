@@ -349,8 +349,6 @@ class LearnConfig:
     """Share for ``nomoat tune --time`` (the rest, less export, goes to eval)."""
     export_s: float = 120.0
     """Planned time for the export with its parity check (the bundled model's takes about a minute here)."""
-    answer_s: float = 4.0
-    """Planned seconds per eval answer; with eval's share it sets how many questions eval asks."""
     export_quants: tuple[str, ...] = ("q8_0",)
     """GGUF types tried in order, fastest first: the first to pass its parity check is delivered. q4_0 prefills
     faster but is allowed a 15 % perplexity gap, too much for a model this small (docs/benchmarks.md)."""

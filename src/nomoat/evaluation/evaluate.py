@@ -144,8 +144,15 @@ def score(
     progress: bool = False,
     cache: AnswerCache | None = None,
     chunk_texts: Callable[[list[int]], dict[int, str]] | None = None,
+    deadline: float | None = None,
+    min_questions: int = 5,
 ) -> dict[str, Any]:
     """Ask every configuration every question (and the unanswerable ones); metrics with bootstrap intervals.
+
+    With a ``deadline`` (``time.monotonic()`` seconds), no new question is started after it once
+    ``min_questions`` are answered: the unanswerable ones come first, then the questions one at a time across all
+    configurations, so every configuration is scored on the same questions (``"questions"`` in the result says
+    how many).
 
     Citation accuracy is over a configuration's answered (not abstaining) questions that cite something: the
     share where a cited chunk (``chunk_texts(ids) -> {id: text}``, else the quote) :func:`holds` the answer."""
@@ -157,13 +164,19 @@ def score(
     f1: dict[str, list[float]] = {}
     bar = tqdm(total=len(answerers) * (len(questions) + len(unanswerable)), unit="answer", desc="eval",
                disable=not progress, dynamic_ncols=True)  # fmt: skip
-    for name, ask in answerers.items():
-        bar.set_postfix(configuration=name)
-        got = []
-        for q in [*questions, *({"question": u} for u in unanswerable)]:
-            got.append(cache.answer(name, q["question"], ask))
+    asked = [*({"question": u} for u in unanswerable), *questions]
+    every: dict[str, list[dict[str, Any]]] = {name: [] for name in answerers}
+    for i, q in enumerate(asked):  # question by question, so a deadline leaves every configuration the same set
+        if deadline is not None and i >= len(unanswerable) + min_questions and time.monotonic() > deadline:
+            break
+        for name, ask in answerers.items():
+            bar.set_postfix(configuration=name)
+            every[name].append(cache.answer(name, q["question"], ask))
             bar.update(1)
-        got, declined = got[: len(questions)], [float(abstained(g["answer"])) for g in got[len(questions) :]]
+    questions = questions[: len(every[next(iter(every))]) - len(unanswerable)] if answerers else questions
+    for name in answerers:
+        got = every[name][len(unanswerable) :]
+        declined = [float(abstained(g["answer"])) for g in every[name][: len(unanswerable)]]
         texts = [g["answer"] for g in got]
         pairs = list(zip(texts, questions, strict=True))
         f1[name] = [token_f1(a, q["answer"]) for a, q in pairs]
@@ -284,14 +297,16 @@ def run(
     output: str | Path | None = None,
     progress: bool = False,
     config: EvalConfig | None = None,
+    time_budget: float | None = None,
 ) -> dict[str, Any]:
     """``nomoat eval [RUN]``: base vs tuned (the run's newest GGUF export, or ``model``) vs each with retrieval,
     on held-out questions (the run's eval split, or ``questions``: JSONL of ``{"question", "answer"[, "source"]}``).
     Without a run, ``model`` (default: the bundled one) is compared with itself plus retrieval on ``questions``.
 
     Questions from training documents, or asked word for word in training, are left out and counted (``leaked``),
-    so a tuned model is never scored on what it was trained on. Writes ``eval.json``, the HTML report (RUN/eval.html
-    or ``output``) and a cache of answers beside them, so a second run only redraws the report."""
+    so a tuned model is never scored on what it was trained on. ``time_budget`` (seconds) stops asking new
+    questions once most of it is spent (at least 5 are asked; see :func:`score`). Writes ``eval.json``, the HTML
+    report (RUN/eval.html or ``output``) and a cache of answers beside them, so a second run only redraws it."""
     from nomoat.evaluation import report
     from nomoat.finetune import runs
 
@@ -322,9 +337,11 @@ def run(
     if not asked:
         raise UserError(f"run {run_dir.name if run_dir else ''} has no held-out questions left to ask")
     _check_kb(kb)
+    deadline = None if time_budget is None else time.monotonic() + 0.85 * time_budget  # perplexity comes after
     refs = _models(run_dir, model)
     text, described = held_out_text(asked, kb)
-    result = _evaluate(asked, refs, kb, text, seed, report_path.with_suffix(".cache.jsonl"), progress, config)
+    result = _evaluate(asked, refs, kb, text, seed, report_path.with_suffix(".cache.jsonl"), progress, config,
+                       deadline)  # fmt: skip
     result["perplexity_text"] = described
     result |= {"run": str(run_dir) if run_dir else None, "kb": kb, "leaked": len(flagged), "seed": seed,
                "models": {n: str(r.path) for n, r in refs.items()}, "report": str(report_path),
@@ -355,7 +372,8 @@ def _models(run_dir: Path | None, model: str | Path | None) -> dict[str, Any]:
 
 
 def _evaluate(asked: list[dict[str, Any]], refs: dict[str, Any], kb: str | None, text: str, seed: int,
-              cache_path: Path, progress: bool, config: EvalConfig) -> dict[str, Any]:  # fmt: skip
+              cache_path: Path, progress: bool, config: EvalConfig, deadline: float | None = None
+              ) -> dict[str, Any]:  # fmt: skip
     """Load the models, ask through the answer cache, add each model's perplexity of ``text`` to its rows."""
     from nomoat.config import GenerationConfig
     from nomoat.kb import store
@@ -379,7 +397,7 @@ def _evaluate(asked: list[dict[str, Any]], refs: dict[str, Any], kb: str | None,
 
     cache = AnswerCache(cache_path, identities)
     result = score(asked, answerers(loaded, kb, greedy), seed=seed, progress=progress, cache=cache,
-                   chunk_texts=chunk_texts if kb is not None else None)  # fmt: skip
+                   chunk_texts=chunk_texts if kb is not None else None, deadline=deadline)  # fmt: skip
     for name, model in loaded.items():
         ppl = perplexity(model, text)
         for row in (name, f"{name}+RAG"):

@@ -88,8 +88,8 @@ def export(state: State, seconds: float, config: LearnConfig, progress: bool) ->
 
 
 def evaluate(state: State, seconds: float, config: LearnConfig, progress: bool) -> dict[str, Any]:
-    """``nomoat eval RUN --kb KB --limit N``, N from eval's share of the time (its answers are cached, so a rerun
-    after a kill asks only what it had not)."""
+    """``nomoat eval RUN --kb KB`` with eval's share of the time: questions are asked one at a time across the four
+    configurations until it is spent (its answers are cached, so a rerun after a kill asks only what it had not)."""
     from nomoat.evaluation import evaluate as stage
     from nomoat.evaluation.scoring import verdict
 
@@ -100,19 +100,11 @@ def evaluate(state: State, seconds: float, config: LearnConfig, progress: bool) 
             "(`nomoat eval RUN --questions FILE` measures it on your own questions)"
         )
         return {"report": None, "questions": 0, "gain": gain}
-    result = stage.run(run, model=state["stages"]["export"]["gguf"], kb=state["kb"],
-                       limit=eval_questions(seconds, config), progress=progress)  # fmt: skip
+    result = stage.run(run, model=state["stages"]["export"]["gguf"], kb=state["kb"], limit=4 * EvalConfig.limit,
+                       time_budget=seconds, progress=progress)  # fmt: skip
     ci = result["gains"].get("tuned+RAG vs base+RAG")
     gain = None
     if ci:
         gain = (f"tuned+RAG vs base+RAG: token F1 {ci[0]:+.2f} [{ci[1]:+.2f} to {ci[2]:+.2f}], {verdict(ci)}, "
                 f"on {result['questions']} held-out questions")  # fmt: skip
     return {"report": result["report"], "questions": result["questions"], "gain": gain}
-
-
-def eval_questions(seconds: float, config: LearnConfig, configurations: int = 4) -> int:
-    """How many held-out questions fit eval's share: every configuration answers each, plus the unanswerable set."""
-    from nomoat.evaluation.evaluate import UNANSWERABLE
-
-    per_question = configurations * config.answer_s
-    return max(5, min(4 * EvalConfig.limit, int(seconds / per_question) - len(UNANSWERABLE)))
