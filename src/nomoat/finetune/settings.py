@@ -14,7 +14,7 @@ from nomoat.config import TuneConfig, parse_duration
 from nomoat.errors import UserError
 from nomoat.finetune import basemodel
 
-OVERRIDABLE = ("rank", "lr", "batch_size", "max_length", "precision", "seed", "alpha", "dropout")
+OVERRIDABLE = ("rank", "lr", "batch_size", "max_length", "precision", "seed", "alpha", "dropout", "sample_prompts")
 
 
 def new(data, model, budget_time, steps, epochs, eval_data, overrides, world) -> dict[str, Any]:
