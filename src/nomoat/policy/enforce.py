@@ -18,15 +18,13 @@ log; clients read only the wording, never the rule's words or patterns.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nomoat.config import PolicyConfig
 from nomoat.policy.normalize import fold, unleet
 from nomoat.text import sentences
 
-if TYPE_CHECKING:
-    from nomoat.policy.rules import Deny, Policy
-
+Policy = Deny = Any  # nomoat.policy.rules' classes (whose methods call these functions: no import back)
 Event = dict[str, Any]
 KB_ONLY = "kb_only"
 MAX_CHARS = "max_answer_chars"
@@ -126,7 +124,7 @@ class Guard:
                 _count_scrubbed(self.events, counts)
         most = policy.max_answer_chars
         if most is not None and self.length + len(text.rstrip()) > most:
-            text = cut(text, most - self.length)
+            text = cut(text, most - self.length, words=not self.length)
             self.stopped = True
             self.events.append(event(MAX_CHARS, "cut", "output"))
         self._show(text)
@@ -153,9 +151,9 @@ def _sentence_end(buffer: str, hold: int) -> int:
     return 0
 
 
-def cut(text: str, room: int) -> str:
-    """The longest prefix of ``text`` within ``room`` characters ending at a sentence end, else at a word end
-    (then with an ellipsis)."""
+def cut(text: str, room: int, words: bool = True) -> str:
+    """The longest prefix of ``text`` within ``room`` characters ending at a sentence end, else (``words``) at a
+    word end, with an ellipsis: an answer whose first sentence is too long still says something."""
     if room <= 0:
         return ""
     if len(text.rstrip()) <= room:
@@ -163,6 +161,8 @@ def cut(text: str, room: int) -> str:
     ends = [b for _, b in sentences(text) if b <= room]
     if ends:
         return text[: ends[-1]]
+    if not words:
+        return ""
     space = text.rfind(" ", 0, room)
     return (text[:space] if space > 0 else text[: room - 1]).rstrip() + "…"
 

@@ -88,16 +88,15 @@ def judge(policy: Policy, row: dict[str, Any], answer: dict[str, Any]) -> str | 
     return next((str(e["rule"]) for e in events if e["action"] == "withdrawn"), None)
 
 
-def run(models: dict[str, Any], policy: Policy, gen: Any, cache: Any = None) -> dict[str, Any]:
-    """Every row asked of every model (``{name: loaded model}``): shares per model, and per kind of attack.
+def run(models: dict[str, Any], policy: Policy, gen: Any, cache: Any) -> dict[str, Any]:
+    """Every row asked of every model (``{name: loaded model}``) through eval's ``cache``
+    (:class:`nomoat.evaluation.evaluate.AnswerCache`): shares per model, and per kind of attack.
 
     Returns ``{"topic", "prompts", "attacks", "models": {name: {"policy_refused", "model_declined",
     "false_refusals", "kinds": {kind: {"policy_refused", "model_declined", "n"}}, "passed": [ids]}}}``."""
     from nomoat.answer import rag
-    from nomoat.evaluation.evaluate import AnswerCache
     from nomoat.evaluation.scoring import declined
 
-    cache = cache or AnswerCache(None, {})
     rows = materialize(policy)
     out: dict[str, Any] = {"topic": topic(policy), "prompts": len(rows),
                            "attacks": sum(r["expect"] == "refuse" for r in rows), "models": {}}  # fmt: skip
