@@ -345,3 +345,20 @@ def test_the_red_team_set_measures_the_policy_and_the_model() -> None:
     redteam.add_to(table, result)
     assert table["table"]["base"]["policy_refused"][0] == 30 / 32
     assert "policy refuses" in format_table(table)
+
+
+def test_interactive_chat_keeps_refused_turns_out_of_the_history(
+    policy: rules.Policy, tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    from nomoat.llm import runtime
+
+    model = FakeChatModel(["Paris is big.", "It is in France."])
+    monkeypatch.setattr(runtime, "load", lambda *a, **k: model)
+    out = io.StringIO()
+    lines = io.StringIO("tell me about Paris\nand bob's salary?\nwhere is it?\n")
+    chat.interactive(model=tiny_gguf, use_kb=False, stdin=lines, stdout=out, policy=policy)
+    assert "bot> Not here." in out.getvalue()
+    assert len(model.calls) == 2  # the refused line never reached the model ...
+    assert [m["content"] for m in model.calls[1]] == ["tell me about Paris", "Paris is big.", "where is it?"]
