@@ -53,7 +53,12 @@ def main() -> None:
         refused = policy.check_input(question)
         spent += time.perf_counter() - t0
         first_guarded: list[float] = []
-        guard = policy.stream(lambda _text: first_guarded.append(time.perf_counter()) if not first_guarded else None)
+
+        def released(_text: str, first: list[float] = first_guarded) -> None:
+            if not first:
+                first.append(time.perf_counter())
+
+        guard = policy.stream(released)
         first_raw, pieces = None, []
         for piece in model.chat([{"role": "user", "content": question}], gen):
             first_raw = first_raw or time.perf_counter()
@@ -74,9 +79,10 @@ def main() -> None:
         print(f"{r['raw_ttft']:6.2f} s {r['guard_ttft']:6.2f} s {r['total']:6.2f} s {r['policy_ms']:6.2f} ms "
               f"{'same' if r['same'] else 'DIFFERENT ' + str(r['events'])}  {r['q']}")  # fmt: skip
     med = {k: statistics.median(r[k] for r in rows) for k in ("raw_ttft", "guard_ttft", "total", "policy_ms")}
+    same = sum(r["same"] for r in rows)
     print(f"median: TTFT raw {med['raw_ttft']:.2f} s, guarded {med['guard_ttft']:.2f} s "
           f"(+{med['guard_ttft'] - med['raw_ttft']:.2f} s), answer {med['total']:.2f} s, policy CPU "
-          f"{med['policy_ms']:.2f} ms per answer; unchanged answers {sum(r['same'] for r in rows)}/{len(rows)}")  # fmt: skip
+          f"{med['policy_ms']:.2f} ms per answer; unchanged answers {same}/{len(rows)}")  # fmt: skip
 
 
 if __name__ == "__main__":
