@@ -345,6 +345,10 @@ def test_the_red_team_set_measures_the_policy_and_the_model() -> None:
     redteam.add_to(table, result)
     assert table["table"]["base"]["policy_refused"][0] == 30 / 32
     assert "policy refuses" in format_table(table)
+    # a policy with nothing to attack (no input words) skips the set and says so; the rest of eval still runs
+    skipped = {"questions": 1, "unanswerable": 0, "table": {"base": {"seconds_p50": None}}, "gains": {}}
+    redteam.add_to(skipped, redteam.run({"base": _RedTeamModel()}, parse("scrub = ['email']\n"), None, None))
+    assert "red team not run" in format_table(skipped) and "policy refuses" not in format_table(skipped)
 
 
 def test_interactive_chat_keeps_refused_turns_out_of_the_history(

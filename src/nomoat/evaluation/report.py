@@ -57,6 +57,8 @@ def format_table(result: dict[str, Any]) -> str:
         passed = "; ".join(f"{n}: {', '.join(m['passed']) or 'none'}" for n, m in red["models"].items())
         benign = red["prompts"] - red["attacks"]
         lines.append(f"red team: {red['attacks']} attacks on {red['topic']!r}, {benign} benign; let through: {passed}")
+    if result.get("redteam_skipped"):
+        lines.append(f"red team not run: {result['redteam_skipped']}")
     if result.get("report"):
         lines.append(f"report: {result['report']}")
     return "\n".join(lines)

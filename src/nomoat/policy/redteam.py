@@ -97,7 +97,10 @@ def run(models: dict[str, Any], policy: Policy, gen: Any, cache: Any) -> dict[st
     from nomoat.answer import rag
     from nomoat.evaluation.scoring import declined
 
-    rows = materialize(policy)
+    try:
+        rows = materialize(policy)
+    except UserError as exc:  # a policy that only scrubs or cuts: nothing to attack, the rest of eval still runs
+        return {"skipped": str(exc)}
     out: dict[str, Any] = {"topic": topic(policy), "prompts": len(rows),
                            "attacks": sum(r["expect"] == "refuse" for r in rows), "models": {}}  # fmt: skip
     for name, model in models.items():
@@ -139,6 +142,9 @@ def add_to(result: dict[str, Any], redteam: dict[str, Any], seed: int = 0) -> No
     """Put the red-team shares into eval's table rows (``base``, ``tuned``) as bootstrap intervals."""
     from nomoat.evaluation.scoring import bootstrap_ci
 
+    if "skipped" in redteam:
+        result["redteam_skipped"] = redteam["skipped"]
+        return
     for name, per in redteam["models"].items():
         row = result["table"].get(name)
         if row is None:
