@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from nomoat.answer.rag import Answer
     from nomoat.kb.embeddings import Embedder
     from nomoat.kb.retrieval import Hit
+    from nomoat.policy.rules import Policy
 
 
 def chat(
@@ -36,26 +37,32 @@ def chat(
     history: list[dict[str, str]] | None = None,
     on_text: Callable[[str], None] | None = None,
     on_notice: Callable[[str], None] | None = None,
+    policy: str | Path | Policy | None = None,
 ) -> dict[str, Any] | None:
     """``nomoat chat``: answer ``message`` (``--once``), or without one run the interactive loop on stdin/stdout.
 
     Answers come from knowledge base ``kb``, or from the default one when it exists, unless ``no_kb``: then the
     model answers alone. A grounded answer is :func:`ask`'s; a plain one ``{"answer", "model", "usage",
     "finish_reason", "notices"}``. ``on_text`` receives the answer as it streams. ``model`` None: the one
-    ``nomoat learn`` made for the knowledge base, else the bundled one.
+    ``nomoat learn`` made for the knowledge base, else the bundled one. ``policy`` is the owner's answer policy
+    file (default: ``policy.toml`` in NOMOAT_HOME when it exists); what it did is listed under ``"policy"``.
     """
     from nomoat.answer import chat as stage
     from nomoat.config import ChatConfig, runtime_settings
+    from nomoat.policy.rules import find
+
+    rules = find(policy)
 
     model = _model_for(model, None if no_kb else kb or DEFAULT_KB)
     overrides = {"max_tokens": max_tokens, "temperature": temperature, "seed": seed}
     runtime = runtime_settings(ctx, threads)
     if message is None:
         stage.interactive(model=model, kb=kb, use_kb=not no_kb, config=ChatConfig(system=system),
-                          overrides=overrides, runtime=runtime)  # fmt: skip
+                          overrides=overrides, runtime=runtime, policy=rules)  # fmt: skip
         return None
     return stage.run(message, model=model, kb=kb, use_kb=not no_kb, system=system, history=history,
-                     overrides=overrides, runtime=runtime, on_text=on_text, on_notice=on_notice)  # fmt: skip
+                     overrides=overrides, runtime=runtime, on_text=on_text, on_notice=on_notice,
+                     policy=rules)  # fmt: skip
 
 
 def models(paths: Sequence[str | Path] = ()) -> list[dict[str, Any]]:
@@ -106,15 +113,19 @@ def ask(
     seed: int | None = None,
     ctx: int | None = None,
     threads: int | None = None,
+    policy: str | Path | Policy | None = None,
 ) -> Answer:
     """``nomoat ask``: an answer from knowledge base ``kb`` with checked citations:
     ``{"answer", "grounded", "citations": [{"n", "path", "location", "quote", "chunk_id"}], "model", "mode"}``.
-    ``model`` None: the one ``nomoat learn`` made for ``kb``, else the bundled one."""
+    ``model`` None: the one ``nomoat learn`` made for ``kb``, else the bundled one. Under the owner's ``policy``
+    (default: NOMOAT_HOME's ``policy.toml``) mode ``"refused"`` names its rule."""
     from nomoat.answer import rag
     from nomoat.config import RagConfig, generation_settings, runtime_settings
+    from nomoat.policy.rules import find
 
     gen = generation_settings(RagConfig().generation(), max_tokens=max_tokens, temperature=temperature, seed=seed)
-    return rag.ask(question, kb, model=_model_for(model, kb), k=k, gen=gen, runtime=runtime_settings(ctx, threads))
+    return rag.ask(question, kb, model=_model_for(model, kb), k=k, gen=gen, runtime=runtime_settings(ctx, threads),
+                   policy=find(policy))  # fmt: skip
 
 
 def build_dataset(
@@ -215,13 +226,16 @@ def evaluate(
     seed: int | None = None,
     output: str | Path | None = None,
     progress: bool = False,
+    policy: str | Path | Policy | None = None,
 ) -> dict[str, Any]:
     """``nomoat eval``: base vs tuned vs each with retrieval on held-out questions; writes an HTML report.
-    Returns ``{"table", "gains", "disagreements", "report", ...}``."""
+    Returns ``{"table", "gains", "disagreements", "report", ...}``. Under a ``policy`` (default: NOMOAT_HOME's
+    ``policy.toml``) each model also answers the shipped red-team set: ``"redteam"`` and the table's policy columns."""
     from nomoat.evaluation import evaluate as stage
+    from nomoat.policy.rules import find
 
     return stage.run(run, model=model, kb=None if no_kb else kb, questions=questions, limit=limit, seed=seed,
-                     output=output, progress=progress)  # fmt: skip
+                     output=output, progress=progress, policy=find(policy))  # fmt: skip
 
 
 def serve(
@@ -237,18 +251,24 @@ def serve(
     ctx: int | None = None,
     threads: int | None = None,
     on_ready: Callable[[str], None] | None = None,
+    policy: str | Path | Policy | None = None,
 ) -> None:
     """``nomoat serve``: the OpenAI-compatible API and web UI, until interrupted. ``on_ready(url)`` is called once
-    the model is loaded and the port is open."""
+    the model is loaded and the port is open. Every answer is held to the owner's ``policy`` (default:
+    NOMOAT_HOME's ``policy.toml`` when it exists), streamed ones too; refusals are logged with their rule."""
     from dataclasses import replace
 
     from nomoat import serving
     from nomoat.config import ServeConfig, runtime_settings
+    from nomoat.policy.rules import find
+
+    rules = find(policy)  # a bad policy file is a startup error
 
     given = {"host": host, "port": port, "api_key": api_key, "kb": kb, "max_queue": max_queue}
     config = replace(ServeConfig(), **{k: v for k, v in given.items() if v is not None})
     config.allow_hosts, config.cors_origins = tuple(allow_host), tuple(cors_origin)
-    serving.run(config, model=_model_for(model, config.kb), runtime=runtime_settings(ctx, threads), on_ready=on_ready)
+    serving.run(config, model=_model_for(model, config.kb), runtime=runtime_settings(ctx, threads), on_ready=on_ready,
+                policy=rules)  # fmt: skip
 
 
 def learn(

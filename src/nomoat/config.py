@@ -383,6 +383,19 @@ class ServeConfig:
     """Open connections uvicorn serves at once; more get 503 instead of exhausting the process."""
 
 
+@dataclass
+class PolicyConfig:
+    """The owner's answer policy (``--policy FILE``, else ``policy.toml`` in NOMOAT_HOME): what a file leaves out."""
+
+    file: str = "policy.toml"
+    """The workspace policy, read from NOMOAT_HOME when ``--policy`` is not given and it exists."""
+    refusal: str = "I can't help with that here."
+    """What a refused question or a withdrawn answer says, unless the file sets ``refusal``."""
+    hold_chars: int = 400
+    """A streamed answer is released a sentence at a time; a sentence longer than this is released up to its last
+    space (the last ``hold_chars // 5`` characters stay held), so a run-on answer cannot stall the stream."""
+
+
 def parse_duration(text: str) -> float:
     """``"90s"``, ``"30m"``, ``"3h"``, ``"1h30m"`` or plain seconds → seconds. Raises ValueError."""
     import re

@@ -23,6 +23,11 @@ def _add_model_flags(p: argparse.ArgumentParser, c: Any) -> None:
     p.add_argument("--threads", type=int, help="CPU threads (default: all this process may use)")
 
 
+def _policy_flag(p: argparse.ArgumentParser, c: Any) -> None:
+    p.add_argument("--policy", metavar="FILE", help="the owner's answer rules, TOML (default: "
+                   f"$NOMOAT_HOME/{c.PolicyConfig.file} when it exists; docs/guide.md)")  # fmt: skip
+
+
 def _add_gen_flags(p: argparse.ArgumentParser, tokens: str, temperature: str) -> None:
     p.add_argument("--max-tokens", type=int, help=f"longest answer in tokens (default {tokens})")
     p.add_argument("--temperature", "-t", type=float, help=f"0 = deterministic, higher = more varied, at most 2 "
@@ -39,6 +44,7 @@ def chat(p: argparse.ArgumentParser, c: Any) -> None:
         "--kb", help=f"ground every answer in this knowledge base (default: '{c.DEFAULT_KB}' when it exists)"
     )
     p.add_argument("--no-kb", action="store_true", help="plain chat with the model, no knowledge base")
+    _policy_flag(p, c)
     _add_model_flags(p, c)
     rag = c.RagConfig()
     _add_gen_flags(p, f"{c.GenerationConfig.max_tokens}; {rag.max_answer_tokens} from a knowledge base",
@@ -52,6 +58,7 @@ def ask(p: argparse.ArgumentParser, c: Any) -> None:
     p.add_argument(
         "--json", action="store_true", help='{"answer","grounded","citations":[{"n","path","location","quote"}],...}'
     )
+    _policy_flag(p, c)
     _add_model_flags(p, c)
     _add_gen_flags(p, str(c.RagConfig.max_answer_tokens), f"{c.RagConfig.answer_temperature:g}")
 
@@ -160,6 +167,8 @@ def evaluate(p: argparse.ArgumentParser, c: Any) -> None:
     p.add_argument("--seed", type=int, help=f"which questions, and the bootstrap (default {c.EvalConfig.seed})")
     p.add_argument("-o", "--output", metavar="REPORT.html", help="the HTML report (default: RUN/eval.html); "
                    "REPORT.json and the answer cache REPORT.cache.jsonl go beside it")  # fmt: skip
+    p.add_argument("--policy", metavar="FILE", help="also ask each model the shipped red-team set under these answer "
+                   f"rules (default: $NOMOAT_HOME/{c.PolicyConfig.file} when it exists)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="the table, intervals and disagreements as JSON")
 
 
@@ -175,4 +184,5 @@ def serve(p: argparse.ArgumentParser, c: Any) -> None:
                    help="let web pages from this origin call the API (repeatable; default: none)")  # fmt: skip
     p.add_argument("--max-queue", type=int, help=f"requests that may wait for the busy model (default "
                    f"{s.max_queue}; more get 429)")  # fmt: skip
+    _policy_flag(p, c)
     _add_model_flags(p, c)

@@ -10,10 +10,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from nomoat.config import DEFAULT_KB, ChatConfig, GenerationConfig, RagConfig, RuntimeConfig, generation_settings
 from nomoat.errors import UserError
+
+if TYPE_CHECKING:
+    from nomoat.policy.rules import Policy
 
 HELP = "commands: /exit (or Ctrl-D) quits, /reset forgets the conversation, /help shows this"
 
@@ -31,6 +34,7 @@ def run(
     runtime: RuntimeConfig | None = None,
     on_text: Callable[[str], None] | None = None,
     on_notice: Callable[[str], None] | None = None,
+    policy: Policy | None = None,
 ) -> dict[str, Any]:
     """Answer one message: from knowledge base ``kb`` (or the default one, when it exists) unless ``use_kb`` is
     False, else plainly from the model.
@@ -39,7 +43,8 @@ def run(
     ``{"answer", "model", "usage", "finish_reason", "notices"}``. ``gen`` is the full sampling settings; without
     it, the mode's defaults (:meth:`RagConfig.generation` or :class:`GenerationConfig`) with ``overrides``
     (``max_tokens``, ``temperature``, ``seed``) applied. ``history`` holds earlier turns; ``on_text`` receives the
-    answer as it streams (a grounded one once, after its check).
+    answer as it streams (a grounded one once, after its check). Under a ``policy`` (the owner's rules) the
+    message is checked before anything runs and a plain answer streams one screened sentence at a time.
     """
     if not message or not message.strip():
         raise UserError("the message is empty")
@@ -48,13 +53,32 @@ def run(
     if ground:
         from nomoat.answer import rag
 
-        return dict(rag.ask(message, ground, model=model, history=history, gen=gen, runtime=runtime, on_text=on_text))
-    return _plain(message, model, system, history, gen, runtime, on_text, on_notice)
+        return dict(rag.ask(message, ground, model=model, history=history, gen=gen, runtime=runtime, on_text=on_text,
+                            policy=policy))  # fmt: skip
+    if policy is not None and (refused := _refused(message, model, history, policy, on_text)) is not None:
+        return refused
+    return _plain(message, model, system, history, gen, runtime, on_text, on_notice, policy)
 
 
-def _plain(message, model, system, history, gen, runtime, on_text, on_notice) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def _refused(message, model, history, policy, on_text) -> dict[str, Any] | None:  # type: ignore[no-untyped-def]
+    """The refusal of a plain chat message by the policy's input rules (or ``kb_only``), else None."""
+    refusal = policy.check_input([message, *(m.get("content", "") for m in history or ())], plain=True)
+    if refusal is None:
+        return None
+    from nomoat.llm.models import resolve
+
+    answer = policy.wording(refusal)
+    if on_text:
+        on_text(answer)
+    return {"answer": answer, "model": resolve(model).name, "usage": {"prompt_tokens": 0, "completion_tokens": 0},
+            "finish_reason": "content_filter", "notices": [], "policy": [refusal]}  # fmt: skip
+
+
+def _plain(message, model, system, history, gen, runtime, on_text, on_notice, policy=None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     from nomoat.llm import runtime as rt
 
+    guard = policy.stream(on_text) if policy is not None else None
+    show = guard.feed if guard is not None else on_text
     llm = rt.load(model, runtime)
     messages = ([{"role": "system", "content": system}] if system else []) + list(history or [])
     messages.append({"role": "user", "content": message})
@@ -63,15 +87,19 @@ def _plain(message, model, system, history, gen, runtime, on_text, on_notice) ->
         pieces = []
         for piece in generation:
             pieces.append(piece)
-            if on_text:
-                on_text(piece)
-    return {
-        "answer": "".join(pieces).strip(),
+            if show and show(piece) is False:  # the policy withdrew or cut the answer: stop generating
+                break
+    result = {
+        "answer": guard.close() if guard is not None else "".join(pieces).strip(),
         "model": llm.name,
         "usage": {"prompt_tokens": generation.prompt_tokens, "completion_tokens": generation.completion_tokens},
         "finish_reason": generation.finish_reason,
         "notices": generation.notices,
     }
+    if guard is not None and guard.events:
+        result["policy"] = guard.events
+        result["finish_reason"] = "content_filter" if guard.withdrawn else result["finish_reason"]
+    return result
 
 
 def grounding_kb(kb: str | None, use_kb: bool = True) -> str | None:
@@ -101,6 +129,7 @@ def interactive(
     runtime: RuntimeConfig | None = None,
     stdin: TextIO | None = None,
     stdout: TextIO | None = None,
+    policy: Policy | None = None,
 ) -> None:
     """The chat loop: streams each answer, keeps the history, Ctrl-C stops an answer, Ctrl-D or /exit quits.
 
@@ -143,13 +172,14 @@ def interactive(
             continue
         print("bot> ", end="", file=stdout, flush=True)
         if kb:
-            answer = _answer_grounded(line, history, llm, kb, gen, stdout)
+            answer = _answer_grounded(line, history, llm, kb, gen, stdout, policy)
         else:
-            answer = _answer_streaming(line, history, model, config, gen, runtime, stdout)
-        history += [{"role": "user", "content": line}, {"role": "assistant", "content": answer}]
+            answer = _answer_streaming(line, history, model, config, gen, runtime, stdout, policy)
+        if answer is not None:  # a refused question stays out of the history (it would refuse every later turn)
+            history += [{"role": "user", "content": line}, {"role": "assistant", "content": answer}]
 
 
-def _answer_streaming(line, history, model, config, gen, runtime, stdout) -> str:  # type: ignore[no-untyped-def]
+def _answer_streaming(line, history, model, config, gen, runtime, stdout, policy=None) -> str | None:  # type: ignore[no-untyped-def]
     pieces: list[str] = []
 
     def show(text: str) -> None:
@@ -159,34 +189,32 @@ def _answer_streaming(line, history, model, config, gen, runtime, stdout) -> str
     def notice(text: str) -> None:
         print(f"({text})", file=sys.stderr)
 
+    result: dict[str, Any] = {}
     try:
-        run(
-            line,
-            model=model,
-            use_kb=False,
-            system=config.system,
-            history=history,
-            gen=gen,
-            runtime=runtime,
-            on_text=show,
-            on_notice=notice,
-        )
+        result = run(line, model=model, use_kb=False, system=config.system, history=history, gen=gen,
+                     runtime=runtime, on_text=show, on_notice=notice, policy=policy)  # fmt: skip
     except KeyboardInterrupt:
         print(" [stopped]", end="", file=stdout)
     print(file=stdout)
-    return "".join(pieces).strip()
+    return None if _was_refused(result) else "".join(pieces).strip()
 
 
-def _answer_grounded(line, history, llm, kb, gen, stdout) -> str:  # type: ignore[no-untyped-def]
+def _was_refused(result: Mapping[str, Any]) -> bool:
+    return any(e.get("action") == "refused" for e in result.get("policy", ()))
+
+
+def _answer_grounded(line, history, llm, kb, gen, stdout, policy=None) -> str | None:  # type: ignore[no-untyped-def]
     from nomoat.answer import rag
 
     # rag checks the whole answer against its sources before showing it, so it prints once, not token by token.
     try:
-        result = rag.ask(line, kb, model=llm, history=history, gen=gen)
+        result = rag.ask(line, kb, model=llm, history=history, gen=gen, policy=policy)
     except KeyboardInterrupt:
         print(" [stopped]", file=stdout)
         return ""
     print(result["answer"], file=stdout)
+    if _was_refused(result):
+        return None
     sources = rag.format_sources(result)
     if sources:
         print(sources, file=stdout)

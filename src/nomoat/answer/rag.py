@@ -30,6 +30,7 @@ from nomoat.text import declines, sentences, terms
 
 if TYPE_CHECKING:
     from nomoat.kb.retrieval import Hit
+    from nomoat.policy.rules import Policy
 
 Message = dict[str, str]
 Retrieve = Callable[..., "list[Hit]"]
@@ -44,11 +45,14 @@ class Answer(TypedDict):
     """False when retrieval found nothing relevant (the answer then says the files do not hold it)."""
     citations: list[Citation]
     model: str
-    mode: Literal["generated", "extractive", "abstained", "declined"]
+    mode: Literal["generated", "extractive", "abstained", "declined", "refused"]
     """generated: the model's words passed the check; extractive: they did not, so the answer quotes the sources;
-    abstained: nothing relevant was retrieved; declined: the model read the sources and said they do not answer."""
+    abstained: nothing relevant was retrieved; declined: the model read the sources and said they do not answer;
+    refused: the owner's answer policy refused the question or the answer."""
     fallback_reason: NotRequired[str | None]
     """Why the model's own answer was not shown (extractive mode only)."""
+    policy: NotRequired[list[dict[str, Any]]]
+    """What the answer policy did (``{"rule", "action", "where"}`` each; see :mod:`nomoat.policy.enforce`)."""
 
 
 FILES_DO_NOT_SAY = "The files do not say."
@@ -93,6 +97,7 @@ def ask(
     runtime: RuntimeConfig | None = None,
     on_text: Callable[[str], None] | None = None,
     retrieve: Retrieve | None = None,
+    policy: Policy | None = None,
 ) -> Answer:
     """Answer ``question`` from knowledge base ``kb`` with checked citations.
 
@@ -103,11 +108,19 @@ def ask(
 
     ``model`` is a name/path for :func:`nomoat.runtime.load` or an already loaded model; ``history`` holds
     earlier ``{"role", "content"}`` turns; ``on_text`` receives the final answer once it is checked;
-    ``retrieve(query, kb=, k=)`` defaults to :func:`nomoat.retrieval.search`. Raises UserError for an empty
-    question, k < 1, an unknown knowledge base or model.
+    ``retrieve(query, kb=, k=)`` defaults to :func:`nomoat.retrieval.search`; ``policy`` (the owner's answer
+    policy) refuses questions before retrieval and screens the checked answer (mode ``"refused"``). Raises
+    UserError for an empty question, k < 1, an unknown knowledge base or model.
     """
     if not question or not question.strip():
         raise UserError("the question is empty")
+    if policy is not None:  # the owner's rules (nomoat.policy): the question before anything runs, then the answer
+        turns = [question, *(m.get("content", "") for m in history or ())]
+        if (refusal := policy.check_input(turns)) is not None:
+            return _finish(policy.refused_answer(refusal, _model_name(model)), on_text)  # type: ignore[arg-type]
+        unscreened = ask(question, kb, model=model, k=k, history=history, gen=gen, config=config, runtime=runtime,
+                         retrieve=retrieve)  # fmt: skip
+        return _finish(policy.screen_answer(unscreened), on_text)  # type: ignore[arg-type,typeddict-item]
     config = config or RagConfig()
     k = config.k if k is None else k
     if k < 1:

@@ -20,7 +20,7 @@ such as ``icon@2x.png`` is kept.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 PLACEHOLDERS = {"email": "[EMAIL]", "iban": "[IBAN]", "card": "[CARD]", "ip": "[IP]", "phone": "[PHONE]"}
 
@@ -133,13 +133,15 @@ def _replace(
     return pattern.sub(replacement, text)
 
 
-def scrub(text: str) -> tuple[str, dict[str, int]]:
+def scrub(text: str, kinds: Collection[str] | None = None) -> tuple[str, dict[str, int]]:
     """Replace personal data in text by placeholders; return (clean text, {kind: count replaced}).
 
-    Kinds are ``email``, ``phone``, ``card``, ``iban`` and ``ip``; only kinds with a count above 0 appear.
+    Kinds are ``email``, ``phone``, ``card``, ``iban`` and ``ip`` (all of them, or only ``kinds``: the answer
+    policy's ``scrub`` list); only kinds with a count above 0 appear.
     Scrubbing is idempotent: the placeholders contain nothing that any pattern matches.
     """
     counts: dict[str, int] = {}
     for kind, pattern, check, trim in _PASSES:
-        text = _replace(text, pattern, kind, check, trim, counts)
+        if kinds is None or kind in kinds:
+            text = _replace(text, pattern, kind, check, trim, counts)
     return text, counts

@@ -298,6 +298,7 @@ def run(
     progress: bool = False,
     config: EvalConfig | None = None,
     time_budget: float | None = None,
+    policy: Any = None,
 ) -> dict[str, Any]:
     """``nomoat eval [RUN]``: base vs tuned (the run's newest GGUF export, or ``model``) vs each with retrieval,
     on held-out questions (the run's eval split, or ``questions``: JSONL of ``{"question", "answer"[, "source"]}``).
@@ -305,8 +306,10 @@ def run(
 
     Questions from training documents, or asked word for word in training, are left out and counted (``leaked``),
     so a tuned model is never scored on what it was trained on. ``time_budget`` (seconds) stops asking new
-    questions once most of it is spent (at least 5 are asked; see :func:`score`). Writes ``eval.json``, the HTML
-    report (RUN/eval.html or ``output``) and a cache of answers beside them, so a second run only redraws it."""
+    questions once most of it is spent (at least 5 are asked; see :func:`score`). With a ``policy``, each model
+    also answers the red-team set (:mod:`nomoat.policy.redteam`): the policy's refusals and the model's own.
+    Writes ``eval.json``, the HTML report (RUN/eval.html or ``output``) and a cache of answers beside them, so a
+    second run only redraws it."""
     from nomoat.evaluation import report
     from nomoat.finetune import runs
 
@@ -341,7 +344,7 @@ def run(
     refs = _models(run_dir, model)
     text, described = held_out_text(asked, kb)
     result = _evaluate(asked, refs, kb, text, seed, report_path.with_suffix(".cache.jsonl"), progress, config,
-                       deadline)  # fmt: skip
+                       deadline, policy)  # fmt: skip
     result["perplexity_text"] = described
     result |= {"run": str(run_dir) if run_dir else None, "kb": kb, "leaked": len(flagged), "seed": seed,
                "models": {n: str(r.path) for n, r in refs.items()}, "report": str(report_path),
@@ -372,8 +375,8 @@ def _models(run_dir: Path | None, model: str | Path | None) -> dict[str, Any]:
 
 
 def _evaluate(asked: list[dict[str, Any]], refs: dict[str, Any], kb: str | None, text: str, seed: int,
-              cache_path: Path, progress: bool, config: EvalConfig, deadline: float | None = None
-              ) -> dict[str, Any]:  # fmt: skip
+              cache_path: Path, progress: bool, config: EvalConfig, deadline: float | None = None,
+              policy: Any = None) -> dict[str, Any]:  # fmt: skip
     """Load the models, ask through the answer cache, add each model's perplexity of ``text`` to its rows."""
     from nomoat.config import GenerationConfig
     from nomoat.kb import store
@@ -403,4 +406,8 @@ def _evaluate(asked: list[dict[str, Any]], refs: dict[str, Any], kb: str | None,
         for row in (name, f"{name}+RAG"):
             if row in result["table"]:
                 result["table"][row]["perplexity"] = ppl
+    if policy is not None:  # the owner's answer policy: the shipped red-team set, each model with and without it
+        from nomoat.policy import redteam
+
+        redteam.add_to(result, redteam.run(loaded, policy, greedy, cache), seed)
     return result

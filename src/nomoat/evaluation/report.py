@@ -23,18 +23,28 @@ def cell(ci: Sequence[float] | None) -> str:
 
 COLUMNS = (("f1", "token F1"), ("contains", "contains answer"), ("citation_accuracy", "cites answer"),
            ("abstain_unanswerable", "abstains (unans.)"), ("generated", "own words, checked"))  # fmt: skip
+REDTEAM = (("policy_refused", "policy refuses"), ("model_declined", "model declines"),
+           ("false_refusals", "benign refused"))  # fmt: skip
+"""With ``--policy``: shares of the red-team attacks refused by the policy and declined by the model alone (no
+policy), and of its benign prompts the policy refused (base and tuned rows only)."""
+
+
+def columns(result: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The table's metric columns: the red-team ones only when eval ran under a policy."""
+    return (*COLUMNS, *REDTEAM) if result.get("redteam") else COLUMNS
 
 
 def format_table(result: dict[str, Any]) -> str:
     """The terminal table: one row per configuration, means with 95 % intervals."""
-    head = f"{'configuration':14s}" + "".join(f" {title:>18s}" for _, title in COLUMNS) + f" {'ppl':>6s} {'p50 s':>6s}"
+    shown = columns(result)
+    head = f"{'configuration':14s}" + "".join(f" {title:>18s}" for _, title in shown) + f" {'ppl':>6s} {'p50 s':>6s}"
     left_out = f"; {result['leaked']} from training data left out" if result.get("leaked") else ""
     lines = [f"{result['questions']} questions, {result['unanswerable']} unanswerable{left_out}", head]
     for name, row in result["table"].items():
         ppl = row.get("perplexity")
         p50 = row["seconds_p50"]
         lines.append(
-            f"{name:14s}" + "".join(f" {cell(row.get(key)):>18s}" for key, _ in COLUMNS)
+            f"{name:14s}" + "".join(f" {cell(row.get(key)):>18s}" for key, _ in shown)
             + f" {'-' if ppl is None else f'{ppl:.2f}':>6s} {'-' if p50 is None else f'{p50:.2f}':>6s}"
         )  # fmt: skip
     for name, row in result["table"].items():
@@ -42,6 +52,13 @@ def format_table(result: dict[str, Any]) -> str:
             lines.append(f"{name} answered: {modes_line(row)}")
     for pair, ci in result.get("gains", {}).items():
         lines.append(f"token F1 {pair}: {ci[0]:+.2f} [{ci[1]:+.2f} to {ci[2]:+.2f}], {verdict(ci)}" if ci else pair)
+    if result.get("redteam"):
+        red = result["redteam"]
+        passed = "; ".join(f"{n}: {', '.join(m['passed']) or 'none'}" for n, m in red["models"].items())
+        benign = red["prompts"] - red["attacks"]
+        lines.append(f"red team: {red['attacks']} attacks on {red['topic']!r}, {benign} benign; let through: {passed}")
+    if result.get("redteam_skipped"):
+        lines.append(f"red team not run: {result['redteam_skipped']}")
     if result.get("report"):
         lines.append(f"report: {result['report']}")
     return "\n".join(lines)
@@ -111,11 +128,12 @@ def _summary(result: dict[str, Any]) -> str:
 
 
 def _table(result: dict[str, Any]) -> str:
-    head = "".join(f"<th>{escape(t)}</th>" for _, t in COLUMNS)
+    shown = columns(result)
+    head = "".join(f"<th>{escape(t)}</th>" for _, t in shown)
     rows = []
     for name, row in result["table"].items():
         ppl = row.get("perplexity")
-        cells = "".join(f"<td class='num'>{cell(row.get(k))}</td>" for k, _ in COLUMNS)
+        cells = "".join(f"<td class='num'>{cell(row.get(k))}</td>" for k, _ in shown)
         extra = f"<td class='num'>{'-' if ppl is None else f'{ppl:.2f}'}</td>"
         extra += f"<td class='num'>{_seconds(row.get('seconds_p50'))} / {_seconds(row.get('seconds_p95'))}</td>"
         extra += f"<td>{escape(modes_line(row)) if row.get('modes') else '-'}</td>"
@@ -149,7 +167,15 @@ def _method(result: dict[str, Any]) -> str:
         "unanswerable questions declined. Brackets are 95% bootstrap intervals (seeded: the same seed gives the "
         f"same table). Perplexity is on {escape(result.get('perplexity_text', 'held-out text'))}. All "
         "configurations use greedy decoding with the same settings. Answers are cached beside the report "
-        "(<code>.cache.jsonl</code>): re-running redraws it without generating again.</p>"
+        "(<code>.cache.jsonl</code>): re-running redraws it without generating again."
+        + (
+            " <i>Policy refuses</i>: the share of the red-team attacks the answer policy refused (the question, or "
+            "the model's answer); <i>model declines</i>: the share the model declined on its own, without the "
+            "policy; <i>benign refused</i>: the policy's refusals of harmless prompts."
+            if result.get("redteam")
+            else ""
+        )
+        + "</p>"
     )
 
 

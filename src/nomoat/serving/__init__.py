@@ -27,11 +27,13 @@ def run(
     model: str | Path | None = None,
     runtime: RuntimeConfig | None = None,
     on_ready: Callable[[str], None] | None = None,
+    policy: Any = None,
 ) -> None:
     """Serve until interrupted. The key comes from ``config.api_key`` or ``$NOMOAT_API_KEY``.
 
     Raises UserError before loading anything if the address is not loopback and there is no key, and for a
-    model that cannot be loaded. ``on_ready`` receives the URL once the model is loaded.
+    model that cannot be loaded. ``on_ready`` receives the URL once the model is loaded; ``policy``
+    (:class:`nomoat.policy.rules.Policy`) holds every answer to the owner's rules.
     """
     config = replace(config or ServeConfig())
     if not 0 <= config.port <= 65535:
@@ -48,7 +50,7 @@ def run(
     except BaseException:
         sock.close()
         raise
-    app = create_app(llm, config)
+    app = create_app(llm, config, policy=policy)
     import uvicorn
 
     settings = uvicorn.Config(

@@ -62,8 +62,9 @@ UI_HEADERS = {
 class Server:
     """What the routes share: the model, its slot, the embedder (loaded on first use) and the limits."""
 
-    def __init__(self, model: Any, config: ServeConfig, embedder: Any, retrieve: Callable[..., Any] | None) -> None:
-        self.model, self.config, self.retrieve = model, config, retrieve
+    def __init__(self, model: Any, config: ServeConfig, embedder: Any, retrieve: Callable[..., Any] | None,
+                 policy: Any = None) -> None:  # fmt: skip
+        self.model, self.config, self.retrieve, self.policy = model, config, retrieve, policy
         self._embedder = embedder
         self.slot = Slot(config.max_queue)  # generation: one at a time
         self.embed_slot = Slot(config.max_queue)  # embeddings run beside generation, one batch at a time
@@ -152,13 +153,15 @@ def create_app(
     *,
     embedder: Any = None,
     retrieve: Callable[..., Any] | None = None,
+    policy: Any = None,
 ) -> FastAPI:
     """The server for ``model`` (a loaded :class:`nomoat.llm.runtime.Model`, or a fake with ``name``, ``lock``,
     ``chat``, ``generate``, ``tokenize``). ``embedder`` defaults to nomoat's, loaded on first use; ``retrieve``
-    is for tests (see :func:`nomoat.answer.rag.ask`)."""
+    is for tests (see :func:`nomoat.answer.rag.ask`); ``policy`` (:class:`nomoat.policy.rules.Policy`) screens
+    every answer, streamed or not (:mod:`nomoat.policy.streams`)."""
     config = config or ServeConfig()
     app = FastAPI(title="nomoat", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.server = Server(model, config, embedder, retrieve)
+    app.state.server = Server(model, config, embedder, retrieve, policy)
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -249,7 +252,8 @@ async def chat_completions(request: Request) -> Any:
     elif messages[-1]["role"] != "user":
         raise BadRequest("messages: the last message must be the user's question", "messages")
     else:
-        job_work = work.grounded(server.model, messages, kb, _rag_gen(body, gen), server.retrieve)
+        job_work = work.grounded(server.model, messages, kb, _rag_gen(body, gen), server.retrieve, server.policy)
+    job_work = _policed(server, job_work, [m["content"] for m in messages], plain=kb is None)
     rid, name = R.new_id("chatcmpl"), body.model
     return await _respond(
         server, request, body, job_work,
@@ -273,12 +277,21 @@ async def completions(request: Request) -> Any:
         raise BadRequest("prompt: must not be empty", "prompt")
     rid, name = R.new_id("cmpl"), body.model
     return await _respond(
-        server, request, body, work.complete(server.model, prompt, gen),
+        server, request, body, _policed(server, work.complete(server.model, prompt, gen), [prompt], plain=True),
         whole=lambda text, result: R.text_completion(rid, name, text, result),
         piece=lambda text: R.text_chunk(rid, name, text),
         final=lambda result: R.text_chunk(rid, name, "", result["finish_reason"]),
         usage=lambda result: R.usage_chunk(rid, name, "text_completion", result),
     )  # fmt: skip
+
+
+def _policed(server: Server, job_work: Callable[..., Any], inputs: list[str], *, plain: bool) -> Callable[..., Any]:
+    """The work under the owner's answer policy, if there is one: questions checked first, answers screened."""
+    if server.policy is None:
+        return job_work
+    from nomoat.policy.streams import guard_work
+
+    return guard_work(server.policy, job_work, inputs, plain=plain)
 
 
 async def _respond(server: Server, request: Request, body: Any, job_work: Callable[..., Any], *,

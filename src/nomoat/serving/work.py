@@ -90,6 +90,7 @@ def grounded(
     kb: str,
     gen: GenerationConfig | None,
     retrieve: Callable[..., list[dict[str, Any]]] | None,
+    policy: Any = None,
 ) -> Callable[[Emit, threading.Event], Any]:
     """A knowledge-base answer (:func:`nomoat.rag.ask`): the last message is the question, earlier turns the
     history. The answer is checked before it is shown, so it arrives as one piece (never withdrawn text)."""
@@ -100,9 +101,11 @@ def grounded(
 
     def work(emit: Emit, stop: threading.Event) -> dict[str, Any]:
         counted = _Counted(model, stop)
-        result = rag.ask(question, kb, model=counted, history=history, gen=gen, retrieve=retrieve)
+        result = rag.ask(question, kb, model=counted, history=history, gen=gen, retrieve=retrieve, policy=policy)
         emit(result["answer"])  # citations carry their chunk_id: the UI opens the cited chunk by it
         extra = {"kb": kb, "grounded": result["grounded"], "mode": result["mode"], "citations": result["citations"]}
+        if "policy" in result:  # the owner's answer policy acted; nomoat.policy.streams decides what the client sees
+            extra["policy"] = result["policy"]
         return {**counted.usage, "nomoat": extra}
 
     return work

@@ -81,6 +81,9 @@ async function* events(response) {
 }
 
 function showCitations(node, extra) {
+  if (extra.policy_refused) {
+    node.append(el("div", "note", "Refused by this assistant's answer policy."));
+  }
   if (extra.mode === "extractive") {
     node.append(el("div", "note", "Quoted from your files: the model's own answer did not match them."));
   }
@@ -132,6 +135,7 @@ async function send(message) {
   $("send").disabled = true;
   $("stop").disabled = false;
   let answer = "";
+  let refused = false;
   try {
     const response = await api("/v1/chat/completions", {
       method: "POST",
@@ -147,8 +151,11 @@ async function send(message) {
       const delta = chunk.choices && chunk.choices[0] ? chunk.choices[0].delta.content : "";
       if (delta) { answer += delta; text.textContent = answer; node.scrollIntoView({ block: "end" }); }
       if (chunk.nomoat) showCitations(node, chunk.nomoat);
+      if (chunk.nomoat && chunk.nomoat.policy_refused) refused = true;
     }
-    state.history.push({ role: "assistant", content: answer });
+    // A refused question stays out of the history: sent again, it would have every later turn refused too.
+    if (refused) state.history.pop();
+    else state.history.push({ role: "assistant", content: answer });
   } catch (error) {
     state.history.pop();  // the question goes unanswered: do not send it again as history
     if (error.name === "AbortError") node.append(el("div", "note", "(stopped)"));
