@@ -21,7 +21,7 @@ import stat
 from pathlib import Path
 
 from nomoat.config import OcrConfig
-from nomoat.kb.readers import docx, html_page, images, pdf
+from nomoat.kb.readers import docx, html_page, images, limits, pdf
 from nomoat.kb.readers.ocr import ProgressFn
 from nomoat.kb.readers.text import (
     BOMS,
@@ -126,6 +126,7 @@ def _read(path: Path, max_bytes: int, ocr: OcrConfig, progress: ProgressFn | Non
             if name:
                 raise Unsupported(f"binary file ({name})")
         doc = html_page.read_html(data) if kind == "html" else read_text(data, kind or "text", path.suffix.lower())
+    limits.check_text(len(doc.text))  # every kind (HTML, text, OCR'd images) is held to the same bound
     if not doc.text.strip():
         if doc.problems:
             raise ReadError(doc.problems[0])
