@@ -1,9 +1,9 @@
 """The FastAPI app: OpenAI routes, knowledge-base status for the UI, the UI page, errors in OpenAI's shape.
 
 Model ids a request may name (``GET /v1/models`` lists them): the loaded model's name (or ``default``) for plain
-generation; ``nomoat-rag`` for answers from the server's knowledge base, ``kb:<name>`` for another one it was started with
-(see :mod:`.exposed`); and ``nomoat-embed`` for embeddings. Ids are only looked up, never opened: nothing a
-request sends becomes a path.
+generation; ``nomoat-rag`` for answers from the server's knowledge base, ``kb:<name>`` for another one it was
+started with (see :mod:`.exposed`); and ``nomoat-embed`` for embeddings. Ids are only looked up, never opened:
+nothing a request sends becomes a path.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def error_response(exc: BaseException) -> JSONResponse:
         return JSONResponse(R.error_body(exc.message, exc.kind, exc.param), exc.status)
     if isinstance(exc, ClientGone | ClientDisconnect):
         if isinstance(exc, ClientDisconnect):
-            log.info("a client closed its connection before sending the whole request body")
+            log.info("a request ended before its whole body arrived (the client left, or sent it too slowly)")
         return JSONResponse(R.error_body("client closed the request"), 499)  # nginx's code; nobody reads it
     if isinstance(exc, Busy):
         return JSONResponse(R.error_body(str(exc), "rate_limit_error"), 429, {"Retry-After": "1"})

@@ -66,7 +66,7 @@ def ingested_root(kb: str) -> str:
         return ""
     if first == last:
         return os.path.dirname(first)
-    common = os.path.commonprefix([first, last])
+    common = os.path.commonprefix([first, last])  # noqa: RUF071 (by character: only that bounds all paths between)
     return common[: common.rfind(os.sep)] if os.sep in common else ""
 
 
