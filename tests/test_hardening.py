@@ -130,3 +130,13 @@ def test_scrub_cuts_paths_with_spaces_and_windows_paths(message: str, expected: 
     from nomoat.serving.responses import scrub
 
     assert scrub(message) == expected
+
+
+def test_a_jsonl_line_nested_thousands_deep_is_a_row_error(tmp_path: Path) -> None:
+    """Found by bench/robustness.py: json.loads raised RecursionError out of the dataset reader."""
+    from nomoat.dataset.formats import read_rows
+
+    path = tmp_path / "deep.jsonl"
+    path.write_text("[" * 100_000 + "\n" + '{"instruction": "do", "output": "done"}\n')
+    rows = list(read_rows(path))
+    assert rows[0][2] == "invalid JSON: nested too deeply" and rows[1][1] is not None
