@@ -199,15 +199,15 @@ def test_only_the_knowledge_bases_a_server_was_started_with_are_reachable(nomoat
         (tmp_path / name).mkdir()
         (tmp_path / name / "a.md").write_text(f"# {name}\n\nThe {name} secret is hunter42.\n")
         ingest.run([str(tmp_path / name)], kb=name, embedder=FakeEmbedder(), progress=False)
-    c = client(FakeModel("The notes secret is hunter42 [1]."), kb="notes")
     question = {"role": "user", "content": "What is the secret?"}
-    r = c.post("/v1/chat/completions", json={"model": "kb:private", "messages": [question]})
-    assert r.status_code == 404 and "private" not in json.dumps(r.json()).replace("'private'", "")
-    assert c.get("/api/kbs/private/chunks/1").status_code == 404
-    assert [kb["name"] for kb in c.get("/api/kbs").json()["data"]] == ["notes"]
-    assert c.post("/v1/chat/completions", json={"model": "kb:notes", "messages": [question]}).status_code == 200
-    assert c.post("/v1/chat/completions", json={"model": "nomoat-rag", "messages": [question]}).status_code == 200
-    assert c.get("/api/kbs/notes/chunks/1").status_code == 200
+    with client(FakeModel("The notes secret is hunter42 [1]."), kb="notes") as c:  # one event loop throughout
+        r = c.post("/v1/chat/completions", json={"model": "kb:private", "messages": [question]})
+        assert r.status_code == 404 and "hunter42" not in r.text
+        assert c.get("/api/kbs/private/chunks/1").status_code == 404
+        assert [kb["name"] for kb in c.get("/api/kbs").json()["data"]] == ["notes"]
+        assert c.post("/v1/chat/completions", json={"model": "kb:notes", "messages": [question]}).status_code == 200
+        assert c.post("/v1/chat/completions", json={"model": "nomoat-rag", "messages": [question]}).status_code == 200
+        assert c.get("/api/kbs/notes/chunks/1").status_code == 200
 
 
 def test_knowledge_base_answer_carries_checked_citations(nomoat_home: Any) -> None:

@@ -31,9 +31,11 @@ class Exposed:
         return [n for n in self.names if n in present]
 
     def check(self, name: str, param: str = "model") -> str:
-        """``name`` if it is served and exists, else BadRequest (404; the same reply either way)."""
-        if name not in self.names or name not in catalog.names():
+        """``name`` if it is served and exists, else BadRequest (404)."""
+        if name not in self.names:
             raise BadRequest(f"no knowledge base {name[:80]!r} is served here (see GET /v1/models)", param, 404)
+        if name not in catalog.names():
+            raise BadRequest(f"no knowledge base {name!r} yet: run `nomoat ingest PATH --kb {name}`", param, 404)
         return name
 
     def retriever(self, base: Callable[..., list[dict[str, Any]]] | None) -> Callable[..., list[dict[str, Any]]]:
