@@ -140,3 +140,22 @@ def test_a_jsonl_line_nested_thousands_deep_is_a_row_error(tmp_path: Path) -> No
     path.write_text("[" * 100_000 + "\n" + '{"instruction": "do", "output": "done"}\n')
     rows = list(read_rows(path))
     assert rows[0][2] == "invalid JSON: nested too deeply" and rows[1][1] is not None
+
+
+def test_a_gguf_claiming_millions_of_layers_fails_at_once(tiny_gguf: Path, tmp_path: Path) -> None:
+    """Found by bench/robustness.py: a lying block_count made the layer check take 100 s (layers x tensors)."""
+    import struct
+
+    from nomoat.llm.gguf_check import read_header
+
+    data = bytearray(tiny_gguf.read_bytes())
+    at = data.index(b"llama.block_count") + len(b"llama.block_count")
+    (vtype,) = struct.unpack_from("<I", data, at)
+    assert vtype == 4  # uint32
+    struct.pack_into("<I", data, at + 4, 2**25)
+    path = tmp_path / "liar.gguf"
+    path.write_bytes(bytes(data))
+    started = time.monotonic()
+    with pytest.raises(ModelError, match="layers have no tensors"):
+        read_header(path)
+    assert time.monotonic() - started < 5
