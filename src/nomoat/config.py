@@ -362,12 +362,9 @@ class ServeConfig:
     """Address to bind. Anything but loopback requires an API key."""
     port: int = 8000
     api_key: str | None = None
-    """Bearer key clients must send (``Authorization: Bearer KEY``); None = no key. ``nomoat serve`` makes up a
-    random one unless told ``no_auth`` (loopback only); see :mod:`nomoat.serving.auth`."""
-    api_key_file: str | None = None
-    """A file holding the key (kept out of ``ps``, unlike ``api_key`` on the command line)."""
-    no_auth: bool = False
-    """Serve without any key: only on a loopback address, and only when asked for."""
+    """Bearer key clients must send; ``nomoat serve`` makes one up if none (:mod:`nomoat.serving.auth`)."""
+    api_key_file: str | None = None  # the key from a file (kept out of ``ps``, unlike api_key on the command line)
+    no_auth: bool = False  # serve without any key: only on a loopback address, and only when asked for
     allow_hosts: tuple[str, ...] = ()
     """Host header values accepted besides localhost, 127.0.0.1, [::1] and the bound host ('*' = any)."""
     cors_origins: tuple[str, ...] = ()
@@ -389,12 +386,9 @@ class ServeConfig:
     max_connections: int = 64
     """Open connections served at once. A new one past it first closes the oldest connection that is only waiting
     for its client (idle, or a request head or body not yet sent); when none is, it gets 503."""
-    header_timeout: float = 10.0
-    """Seconds a connection may take to send a request's headers (from connecting, or from its first byte)."""
-    body_timeout: float = 30.0
-    """Seconds a request may take to send its whole body, once its headers are in."""
-    keep_alive: float = 5.0
-    """Seconds an idle keep-alive connection stays open between requests."""
+    header_timeout: float = 10.0  # seconds to send a request's headers (from connecting, or from its first byte)
+    body_timeout: float = 30.0  # seconds to send the whole body, once the headers are in
+    keep_alive: float = 5.0  # seconds an idle keep-alive connection stays open between requests
 
 
 @dataclass
