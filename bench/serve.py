@@ -32,6 +32,7 @@ from typing import Any
 
 import httpx
 
+BENCH_KEY = "bench-serve-key-0123456789"
 PROMPTS = [
     "Write a short story about a lighthouse keeper.",
     "Explain how a bicycle works to a child.",
@@ -50,7 +51,7 @@ def rss_mib(pid: int) -> float:
 def start_server(args: argparse.Namespace, home: str) -> tuple[subprocess.Popen[str], str]:
     cmd = [sys.executable, "-m", "nomoat", "serve", "--port", "0", "--max-queue", str(args.max_queue)]
     cmd += ["--threads", str(args.threads)] if args.threads else []
-    env = {**os.environ, "NOMOAT_HOME": home, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "NOMOAT_HOME": home, "HF_HUB_OFFLINE": "1", "NOMOAT_API_KEY": BENCH_KEY}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     line = proc.stdout.readline() if proc.stdout else ""
     if not line.startswith("nomoat serve: http://"):
@@ -105,7 +106,8 @@ async def phase(url: str, clients: int, seconds: float, max_tokens: int) -> dict
 
     start = time.perf_counter()
     limits = httpx.Limits(max_connections=clients + 2)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+    headers = {"Authorization": f"Bearer {BENCH_KEY}"}  # serve wants a key (issue 18)
+    async with httpx.AsyncClient(timeout=600, limits=limits, headers=headers) as client:
         await asyncio.gather(*(client_loop(i, client) for i in range(clients)))
     wall = time.perf_counter() - start  # requests started before the deadline are waited for and counted
     ok = [r for r in results if r["status"] == 200 and not r.get("error")]

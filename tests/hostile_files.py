@@ -159,6 +159,12 @@ def _zip(parts: dict[str, str | bytes]) -> bytes:
     return buf.getvalue()
 
 
+def make_docx_xml(body: str, prolog: str = "") -> bytes:
+    """A docx whose word/document.xml is ``prolog`` + a w:document around the raw ``body`` XML (hostile shapes)."""
+    document = f'{prolog}<w:document xmlns:w="{_W_NS}"><w:body>{body}</w:body></w:document>'
+    return _zip({"[Content_Types].xml": "<Types/>", "word/document.xml": document})
+
+
 def make_zip_bomb_docx(expanded_mb: int = 256) -> bytes:
     """A real docx-shaped zip whose word/document.xml inflates to `expanded_mb` MiB (of zeros) from ~1 KB per MiB.
 

@@ -149,8 +149,8 @@ def test_each_function_runs_with_the_cli_arguments(
     result = nomoat.evaluate(model=tiny_gguf_4k, kb="t", questions=questions, limit=1, seed=0,
                              output=tmp_path / "report.html")  # fmt: skip
     assert set(result["table"]) == {"base", "base+RAG"} and Path(result["report"]).is_file()
-    with pytest.raises(UserError, match="without an API key"):
-        nomoat.serve(host="0.0.0.0", model=tiny_gguf)  # refused before anything loads
+    with pytest.raises(UserError, match="--no-auth is refused"):
+        nomoat.serve(host="0.0.0.0", no_auth=True, model=tiny_gguf)  # refused before anything loads
     with pytest.raises(UserError, match="--port"):
         nomoat.serve(port=70000, model=tiny_gguf)
 

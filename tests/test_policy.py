@@ -230,8 +230,8 @@ def test_the_refusal_names_its_rule_in_json(tmp_path: Path, tiny_gguf: Path, cap
 
 # -- the server -----------------------------------------------------------------------------------------------
 def _client(model: FakeModel, policy: rules.Policy) -> TestClient:
-    app = create_app(model, ServeConfig(), embedder=FakeEmbedder(), retrieve=_retrieve({**OFFICE, "text": SALARY_DOC}),
-                     policy=policy)  # fmt: skip
+    app = create_app(model, ServeConfig(kbs=("notes",)), embedder=FakeEmbedder(),  # serve exposes only --kb ones
+                     retrieve=_retrieve({**OFFICE, "text": SALARY_DOC}), policy=policy)  # fmt: skip
     return TestClient(app, base_url="http://127.0.0.1:8000", raise_server_exceptions=False)
 
 

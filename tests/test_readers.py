@@ -6,10 +6,11 @@ import json
 import os
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from hostile_files import HTML, make_docx, make_hostile_folder, make_pdf, make_zip_bomb_docx
+from hostile_files import HTML, make_docx, make_docx_xml, make_hostile_folder, make_pdf, make_zip_bomb_docx
 from nomoat.kb.readers import Extracted, ReadError, Unsupported, read_file, supported
 
 
@@ -115,6 +116,61 @@ def test_docx_zip_bomb_is_refused_before_inflating(tmp_path: Path) -> None:
     path.write_bytes(bytes(raw))
     with pytest.raises(ReadError):
         read_file(path)
+
+
+def test_docx_expansion_is_bounded_and_each_bound_is_the_reason(tmp_path: Path, monkeypatch: Any) -> None:
+    """Issue 18: a 15.9 MiB DOCX expanded to 963 MiB of text; one of empty elements took 1.8 GiB for 16 chars."""
+    from nomoat.kb.readers import limits
+
+    para = '<w:p><w:r><w:t xml:space="preserve">{}</w:t></w:r></w:p>'
+    cases = [
+        ("MAX_XML_ELEMENTS", 10_000, "<w:p/>" * 20_000, "over 10,000 XML elements"),
+        ("MAX_TEXT_CHARS", 5_000, para.format("word " * 400) * 5, "too much text: over 5,000 characters"),
+        ("MAX_XML_BYTES", 100_000, "<w:p/>" * 30_000, "expands past"),
+        ("MAX_DEPTH", 1_000, "<w:sdt>" * 2_000 + "</w:sdt>" * 2_000, "nested over 1,000 deep"),
+    ]
+    for name, value, body, reason in cases:
+        monkeypatch.setattr(limits, name, value)
+        with pytest.raises(ReadError, match=reason):
+            read_file(write(tmp_path, f"{name}.docx", make_docx_xml(body)))
+        monkeypatch.undo()
+    ok = read_file(write(tmp_path, "ok.docx", make_docx_xml(para.format("fine"))))
+    assert ok.text == "fine"
+
+
+def test_docx_dtd_is_found_past_the_first_4_kib(tmp_path: Path) -> None:
+    for prolog in ("<!--" + "x" * 8192 + "-->", " " * 70_000):  # before: only data[:4096] was looked at
+        bomb = prolog + '<!DOCTYPE w:document [<!ENTITY a "aaaaaaaaaa">]>'
+        with pytest.raises(ReadError, match="declares a DTD"):
+            read_file(write(tmp_path, "dtd.docx", make_docx_xml("<w:p><w:r><w:t>&a;</w:t></w:r></w:p>", bomb)))
+
+
+def test_docx_of_empty_elements_reads_in_flat_memory(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from nomoat.kb.readers import docx
+
+    body = "<w:p/>" * 300_000 + "<w:p><w:r><w:t>sixteen chars ok</w:t></w:r></w:p>"
+    data = make_docx_xml(body)
+    tracemalloc.start()  # around the reader alone (read_file's read buffer is max_bytes, whatever the file)
+    try:
+        doc = docx.read_docx(data, 64 * 2**20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert doc.text == "sixteen chars ok"
+    assert peak < 8 * 2**20, f"{peak / 2**20:.1f} MiB"  # before: every finished element stayed in the tree
+
+
+def test_every_reader_is_held_to_the_text_bound(tmp_path: Path, monkeypatch: Any) -> None:
+    from nomoat.kb.readers import limits
+
+    monkeypatch.setattr(limits, "MAX_TEXT_CHARS", 1_000)
+    for name, data in (("a.html", f"<p>{'word ' * 500}</p>"), ("a.txt", "word " * 500)):
+        with pytest.raises(ReadError, match="too much text"):
+            read_file(write(tmp_path, name, data))
+    with pytest.raises(ReadError, match="too much text"):
+        read_file(write(tmp_path, "a.pdf", make_pdf(["word " * 150] * 3)))
 
 
 def test_code_csv_json(tmp_path: Path) -> None:

@@ -181,11 +181,33 @@ def test_embeddings_float_and_base64_agree_with_the_embedder() -> None:
     assert floats["usage"]["prompt_tokens"] == 5
 
 
-def test_models_lists_the_model_rag_knowledge_bases_and_embedder(nomoat_home: Any) -> None:
+def test_models_lists_the_model_rag_the_served_knowledge_bases_and_embedder(nomoat_home: Any) -> None:
     (nomoat_home / "kb").mkdir()
-    (nomoat_home / "kb" / "notes.sqlite").touch()
+    for name in ("notes", "private"):
+        (nomoat_home / "kb" / f"{name}.sqlite").touch()
+    ids = [m["id"] for m in client(kbs=("notes", "absent")).get("/v1/models").json()["data"]]
+    assert ids == ["fake-model", "nomoat-rag", "kb:notes", "nomoat-embed"]  # not kb:private: not served
     ids = [m["id"] for m in client().get("/v1/models").json()["data"]]
-    assert ids == ["fake-model", "nomoat-rag", "kb:notes", "nomoat-embed"]
+    assert ids == ["fake-model", "nomoat-rag", "nomoat-embed"]  # only the default KB, and it does not exist
+
+
+def test_only_the_knowledge_bases_a_server_was_started_with_are_reachable(nomoat_home: Any, tmp_path: Any) -> None:
+    """Issue 18: `kb:<name>` and the chunk route used to open any KB under NOMOAT_HOME (chunk ids are sequential)."""
+    from nomoat.kb import ingest
+
+    for name in ("notes", "private"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "a.md").write_text(f"# {name}\n\nThe {name} secret is hunter42.\n")
+        ingest.run([str(tmp_path / name)], kb=name, embedder=FakeEmbedder(), progress=False)
+    question = {"role": "user", "content": "What is the secret?"}
+    with client(FakeModel("The notes secret is hunter42 [1]."), kb="notes") as c:  # one event loop throughout
+        r = c.post("/v1/chat/completions", json={"model": "kb:private", "messages": [question]})
+        assert r.status_code == 404 and "hunter42" not in r.text
+        assert c.get("/api/kbs/private/chunks/1").status_code == 404
+        assert [kb["name"] for kb in c.get("/api/kbs").json()["data"]] == ["notes"]
+        assert c.post("/v1/chat/completions", json={"model": "kb:notes", "messages": [question]}).status_code == 200
+        assert c.post("/v1/chat/completions", json={"model": "nomoat-rag", "messages": [question]}).status_code == 200
+        assert c.get("/api/kbs/notes/chunks/1").status_code == 200
 
 
 def test_knowledge_base_answer_carries_checked_citations(nomoat_home: Any) -> None:
@@ -193,7 +215,7 @@ def test_knowledge_base_answer_carries_checked_citations(nomoat_home: Any) -> No
     (nomoat_home / "kb" / "notes.sqlite").touch()
     model = FakeModel("The office wifi password is hunter42 [1].")
     question = {"role": "user", "content": "What is the office wifi password?"}
-    r = client(model).post("/v1/chat/completions", json={"model": "kb:notes", "messages": [question]})
+    r = client(model, kbs=("notes",)).post("/v1/chat/completions", json={"model": "kb:notes", "messages": [question]})
     assert r.status_code == 200, r.text
     body = r.json()
     assert "hunter42" in body["choices"][0]["message"]["content"]
@@ -204,10 +226,33 @@ def test_knowledge_base_answer_carries_checked_citations(nomoat_home: Any) -> No
     assert extra["citations"][0]["chunk_id"] == 7  # what the UI opens the cited passage by
     assert body["usage"]["completion_tokens"] == 7  # counted from the model's generation inside rag
     # streamed: the checked answer in one piece, the citations on the last chunk
-    r = client(model).post("/v1/chat/completions", json={"model": "kb:notes", "messages": [question], "stream": True})
+    body = {"model": "kb:notes", "messages": [question], "stream": True}
+    r = client(model, kbs=("notes",)).post("/v1/chat/completions", json=body)
     chunks = sse_events(r.text)[:-1]
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
     assert chunks[-1]["nomoat"]["citations"][0]["path"] == "notes/office.md"
+
+
+def test_answers_name_sources_below_the_ingested_folder_never_by_absolute_path(tmp_path: Any) -> None:
+    from nomoat.kb import ingest, store
+
+    (tmp_path / "docs" / "sub").mkdir(parents=True)
+    (tmp_path / "docs" / "sub" / "office.md").write_text("# Office\n\nThe office wifi password is hunter42.\n")
+    (tmp_path / "docs" / "other.md").write_text("# Other\n\nNothing to see.\n")
+    ingest.run([str(tmp_path / "docs")], kb="default", embedder=FakeEmbedder(), progress=False)
+    with store.connect("default") as conn:
+        rows = store.get_chunks(conn, [r[0] for r in conn.execute("SELECT id FROM chunks")])
+    hit = next({**dict(r), "chunk_id": i, "cosine": 0.9} for i, r in rows.items() if "hunter42" in r["text"])
+    assert hit["path"].startswith(str(tmp_path))  # the store keeps absolute paths; replies must not
+    model = FakeModel("The office wifi password is hunter42 [1].")
+    app = create_app(model, ServeConfig(), embedder=FakeEmbedder(), retrieve=lambda q, kb="default", k=5: [hit])
+    c = TestClient(app, base_url="http://127.0.0.1:8000")
+    question = {"role": "user", "content": "What is the office wifi password?"}
+    r = c.post("/v1/chat/completions", json={"model": "nomoat-rag", "messages": [question]})
+    assert r.json()["nomoat"]["citations"][0]["path"] == "sub/office.md"
+    assert str(tmp_path) not in r.text
+    assert str(tmp_path) not in json.dumps(model.calls[-1][1])  # nor in the prompt the model saw
+    assert c.get(f"/api/kbs/default/chunks/{hit['chunk_id']}").json()["path"] == "sub/office.md"
 
 
 def test_unknown_model_and_missing_knowledge_base_are_404() -> None:
@@ -253,13 +298,14 @@ def test_kb_status_and_chunk_view_never_expose_server_paths(nomoat_home: Any, tm
 
     (tmp_path / "a.md").write_text("# Office\n\nThe office wifi password is hunter42.\n")
     ingest.run([str(tmp_path)], kb="notes", embedder=FakeEmbedder(), progress=False)
-    c = client()
+    c = client(kbs=("notes",))
     status = c.get("/api/kbs").json()
     assert status["rag_kb"] == "default" and status["data"][0]["name"] == "notes"
     assert status["data"][0]["documents"] == 1 and "path" not in status["data"][0]
     assert str(nomoat_home) not in json.dumps(status)
     r = c.get("/api/kbs/notes/chunks/1")
     assert r.status_code == 200 and "hunter42" in r.json()["text"]
+    assert r.json()["path"] == "a.md" and str(tmp_path) not in r.text  # below the ingested folder, not absolute
     assert c.get("/api/kbs/notes/chunks/999").status_code == 404
     assert c.get("/api/kbs/nope/chunks/1").status_code == 404
     assert c.get("/api/kbs/notes/chunks/99999999999999999999999").status_code in (400, 404)
@@ -271,9 +317,12 @@ def live(model: FakeModel, retrieve: Any = None, **config: Any) -> Iterator[str]
     """A real uvicorn server on a free loopback port, in a thread; yields its base URL."""
     import uvicorn
 
+    from nomoat.serving.connections import uvicorn_config
+
     sock = bind("127.0.0.1", 0)
-    app = create_app(model, ServeConfig(**config), embedder=FakeEmbedder(), retrieve=retrieve)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    settings = ServeConfig(**config)
+    app = create_app(model, settings, embedder=FakeEmbedder(), retrieve=retrieve)
+    server = uvicorn.Server(uvicorn_config(app, settings))  # the settings `nomoat serve` runs with
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:

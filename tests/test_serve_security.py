@@ -35,9 +35,22 @@ def test_non_loopback_bind_without_key_is_refused_before_loading_anything(capsys
     check_bind("127.0.0.1", None)
     monkeypatch.delenv("NOMOAT_API_KEY", raising=False)
     # the model path does not exist: the refusal must come first, and as one line
-    assert cli.main(["serve", "--host", "0.0.0.0", "--model", "/nonexistent.gguf"]) == 1
+    assert cli.main(["serve", "--host", "0.0.0.0", "--no-auth", "--model", "/nonexistent.gguf"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("nomoat: error: refusing to serve on 0.0.0.0 without an API key") and "\n" not in err
+    assert err.startswith("nomoat: error: --no-auth is refused on 0.0.0.0") and "\n" not in err
+    # without --no-auth there always is a key (a random token by default), so the model is what fails
+    assert cli.main(["serve", "--host", "0.0.0.0", "--model", "/nonexistent.gguf"]) == 1
+    assert "model not found" in capsys.readouterr().err
+
+
+def test_allow_any_host_needs_a_key(capsys: Any, monkeypatch: Any) -> None:
+    """Issue 18: `--allow-host '*'` turned the Host and Origin checks off even without a key (DNS rebinding)."""
+    with pytest.raises(UserError, match="needs an API key"):
+        check_bind("127.0.0.1", None, ("*",))
+    check_bind("127.0.0.1", KEY, ("*",))
+    monkeypatch.delenv("NOMOAT_API_KEY", raising=False)
+    argv = ["serve", "--no-auth", "--allow-host", "*", "--model", "/nonexistent.gguf"]
+    assert cli.main(argv) == 1 and "--allow-host '*' needs an API key" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

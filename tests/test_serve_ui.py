@@ -86,10 +86,15 @@ def test_chat_streams_and_knowledge_base_answers_show_openable_citations(browser
     conn.close()
     hit = {"path": row["path"], "location": row["location"], "text": row["text"], "chunk_id": kb, "cosine": 0.9}
 
-    with live(model, retrieve=lambda query, kb="default", k=5: [dict(hit)]) as url:
+    token = "ui-test-token-0123456789abcdef"
+    with live(model, retrieve=lambda query, kb="default", k=5: [dict(hit)], api_key=token) as url:
         page = browser.new_page()
         page.goto(url + "/")
+        page.wait_for_selector("#key-box.shown")  # without the token: nothing but the key prompt
+        assert "1 document" not in (page.text_content("#kbs") or "")
+        page.goto(f"{url}/?token={token}")  # the URL `nomoat serve` prints: the UI takes the token from it
         page.wait_for_selector("#kbs li strong")
+        assert "token" not in page.url  # and takes it out of the address bar
         assert page.text_content("#kbs") and "1 document, 1 chunk" in page.text_content("#kbs")
         assert page.input_value("#mode") == "kb:default"  # knowledge-base answers by default when one exists
 

@@ -243,7 +243,9 @@ def serve(
     host: str | None = None,
     port: int | None = None,
     api_key: str | None = None,
-    kb: str | None = None,
+    api_key_file: str | None = None,
+    no_auth: bool = False,
+    kb: str | Sequence[str] | None = None,
     allow_host: Sequence[str] = (),
     cors_origin: Sequence[str] = (),
     max_queue: int | None = None,
@@ -255,7 +257,10 @@ def serve(
 ) -> None:
     """``nomoat serve``: the OpenAI-compatible API and web UI, until interrupted. ``on_ready(url)`` is called once
     the model is loaded and the port is open. Every answer is held to the owner's ``policy`` (default:
-    NOMOAT_HOME's ``policy.toml`` when it exists), streamed ones too; refusals are logged with their rule."""
+    NOMOAT_HOME's ``policy.toml`` when it exists), streamed ones too; refusals are logged with their rule.
+    Requests need a key: ``api_key_file``, ``api_key``, ``$NOMOAT_API_KEY``, else a random token (in the URL,
+    and in ``$NOMOAT_HOME/serve.token``); ``no_auth`` for none (loopback only). ``kb``: the knowledge base(s)
+    served, the first behind ``nomoat-rag``."""
     from dataclasses import replace
 
     from nomoat import serving
@@ -264,8 +269,10 @@ def serve(
 
     rules = find(policy)  # a bad policy file is a startup error
 
-    given = {"host": host, "port": port, "api_key": api_key, "kb": kb, "max_queue": max_queue}
-    config = replace(ServeConfig(), **{k: v for k, v in given.items() if v is not None})
+    kbs = [kb] if isinstance(kb, str) else list(kb or [])
+    given = {"host": host, "port": port, "api_key": api_key, "api_key_file": api_key_file, "max_queue": max_queue,
+             "kb": kbs[0] if kbs else None, "kbs": tuple(kbs[1:])}  # fmt: skip
+    config = replace(ServeConfig(), no_auth=no_auth, **{k: v for k, v in given.items() if v is not None})
     config.allow_hosts, config.cors_origins = tuple(allow_host), tuple(cors_origin)
     serving.run(config, model=_model_for(model, config.kb), runtime=runtime_settings(ctx, threads), on_ready=on_ready,
                 policy=rules)  # fmt: skip

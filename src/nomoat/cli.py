@@ -152,7 +152,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from nomoat import api
 
     def ready(url: str) -> None:
-        print(f"nomoat serve: {url} (API under {url}v1; Ctrl-C stops)", flush=True)
+        from nomoat.serving.auth import token_path
+
+        base, _, token = url.partition("?token=")
+        key = f"the token, also in {token_path()}" if token else "your key"
+        print(f"nomoat serve: {url} (API under {base}v1 with {key}; Ctrl-C stops)", flush=True)
 
     _call(api.serve, args, on_ready=ready)
 

@@ -362,13 +362,17 @@ class ServeConfig:
     """Address to bind. Anything but loopback requires an API key."""
     port: int = 8000
     api_key: str | None = None
-    """Bearer key clients must send (``Authorization: Bearer KEY``); None = no key (loopback only)."""
+    """Bearer key clients must send; ``nomoat serve`` makes one up if none (:mod:`nomoat.serving.auth`)."""
+    api_key_file: str | None = None  # the key from a file (kept out of ``ps``, unlike api_key on the command line)
+    no_auth: bool = False  # serve without any key: only on a loopback address, and only when asked for
     allow_hosts: tuple[str, ...] = ()
     """Host header values accepted besides localhost, 127.0.0.1, [::1] and the bound host ('*' = any)."""
     cors_origins: tuple[str, ...] = ()
     """Browser origins allowed to call the API cross-site; none by default (CORS off)."""
     kb: str = "default"
-    """Knowledge base behind the model id ``nomoat-rag``."""
+    """Knowledge base behind the model id ``nomoat-rag``; always served."""
+    kbs: tuple[str, ...] = ()
+    """Other knowledge bases served (as ``kb:<name>``); no other one under NOMOAT_HOME is reachable."""
     max_body_bytes: int = 2**20
     """Largest request body; bigger ones get 413 while being read, before they are buffered."""
     max_queue: int = 8
@@ -380,7 +384,11 @@ class ServeConfig:
     """Most stop strings per request (OpenAI's limit)."""
     max_embedding_inputs: int = 256
     max_connections: int = 64
-    """Open connections uvicorn serves at once; more get 503 instead of exhausting the process."""
+    """Open connections served at once. A new one past it first closes the oldest connection that is only waiting
+    for its client (idle, or a request head or body not yet sent); when none is, it gets 503."""
+    header_timeout: float = 10.0  # seconds to send a request's headers (from connecting, or from its first byte)
+    body_timeout: float = 30.0  # seconds to send the whole body, once the headers are in
+    keep_alive: float = 5.0  # seconds an idle keep-alive connection stays open between requests
 
 
 @dataclass

@@ -176,8 +176,12 @@ def serve(p: argparse.ArgumentParser, c: Any) -> None:
     s = c.ServeConfig
     p.add_argument("--host", help=f"address to listen on (default {s.host}; others need a key)")
     p.add_argument("--port", type=int, help=f"port (default {s.port}; 0 = any free port)")
-    p.add_argument("--api-key", help="clients must send 'Authorization: Bearer KEY' (default: $NOMOAT_API_KEY)")
-    p.add_argument("--kb", help=f"knowledge base behind the model id nomoat-rag (default: {s.kb})")
+    p.add_argument("--api-key-file", metavar="FILE", help="clients must send 'Authorization: Bearer KEY' with the "
+                   "key in FILE (or set $NOMOAT_API_KEY; default: a random token, printed in the URL)")  # fmt: skip
+    p.add_argument("--api-key", help="the key itself (shows in `ps`: prefer --api-key-file or $NOMOAT_API_KEY)")
+    p.add_argument("--no-auth", action="store_true", help="no key at all (loopback only: any local user gets in)")
+    p.add_argument("--kb", action="append", metavar="NAME", help=f"knowledge base to serve (repeatable; the first "
+                   f"is behind the model id nomoat-rag; default: {s.kb}); no other one is reachable")  # fmt: skip
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="also answer to this Host name (repeatable; localhost and 127.0.0.1 always work)")  # fmt: skip
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",

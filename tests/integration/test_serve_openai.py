@@ -137,9 +137,9 @@ def test_wrong_key_and_evil_host_are_refused(server: str) -> None:
 
 def test_non_loopback_without_key_refuses_to_start(home: Path) -> None:
     env = {k: v for k, v in _env(home).items() if k != "NOMOAT_API_KEY"}
-    cmd = [sys.executable, "-m", "nomoat", "serve", "--host", "0.0.0.0", "--port", "0"]
+    cmd = [sys.executable, "-m", "nomoat", "serve", "--host", "0.0.0.0", "--port", "0", "--no-auth"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
-    assert proc.returncode == 1 and "without an API key" in proc.stderr
+    assert proc.returncode == 1 and "--no-auth is refused on 0.0.0.0" in proc.stderr
     assert json.dumps(proc.stderr).count("\\n") == 1  # one line, no traceback
 
 

@@ -159,6 +159,8 @@ def _lines(path: Path, fh: IO[bytes]) -> Iterator[Line]:
                 yield lineno, json.loads(text), None
             except json.JSONDecodeError as e:
                 yield lineno, None, f"invalid JSON: {e.msg} at column {e.colno}"
+            except RecursionError:  # "[[[[..." thousands deep: found by bench/robustness.py
+                yield lineno, None, "invalid JSON: nested too deeply"
 
 
 def _convert(value: Any) -> tuple[Row | None, str | None, str | None]:

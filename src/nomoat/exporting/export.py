@@ -25,7 +25,7 @@ from nomoat.errors import UserError
 from nomoat.exporting import converter, ggufio, modelfile
 from nomoat.exporting.parity import ADAPTER_PARITY, PARITY, parity, parity_tokens, require
 from nomoat.finetune import basemodel, runs
-from nomoat.paths import read_json
+from nomoat.paths import fsync, fsync_dir, read_json
 
 # the tokenizer of an HF-folder base is copied as it is (save_pretrained may drop tokenizer.model, which
 # llama.cpp's converter needs for SentencePiece models such as Gemma and Phi-3)
@@ -159,7 +159,7 @@ class _Export:
         if jobs:
             converter.convert(jobs)
         if base_partial.is_file():
-            base_partial.replace(base_gguf)
+            publish(base_partial, base_gguf)
         return f16, base_gguf
 
     def _gguf(self, f16: Path, tokens: list[int]) -> dict[str, Any]:
@@ -174,7 +174,7 @@ class _Export:
         report = parity(final, self.merged, tokens, PARITY[self.quant])
         require(report, PARITY[self.quant], "export")
         ggufio.check_carried(final, self.arch, self.merged.config)
-        final.replace(dest)
+        publish(final, dest)
         return {"format": "gguf", "quant": self.quant, "path": str(dest), "bytes": dest.stat().st_size,
                 "sha256": basemodel.sha256_file(dest), "architecture": self.arch.name, **report}  # fmt: skip
 
@@ -188,7 +188,7 @@ class _Export:
         ggufio.write_adapter(self.merged, self.arch, gguf_arch, self.run_dir / "adapter", partial)
         report = parity(base_gguf, self.merged, tokens, ADAPTER_PARITY, lora=partial)
         require(report, ADAPTER_PARITY, "the adapter GGUF")
-        partial.replace(dest)
+        publish(partial, dest)
         return {"format": "adapter", "path": str(dest), "base": str(base_gguf), "bytes": dest.stat().st_size,
                 "sha256": basemodel.sha256_file(dest), **report}  # fmt: skip
 
@@ -205,3 +205,11 @@ def format_export(result: dict[str, Any]) -> str:
             extra += f"; apply it to {f['base']}"
         lines.append(f"{f['format']}: {f['path']} [{f['bytes'] / 2**20:.1f} MiB]{extra}")
     return "\n".join(lines)
+
+
+def publish(partial: Path, dest: Path) -> None:
+    """Rename a finished file to its final name durably: its bytes reach the disk before the rename, and the
+    rename before we report it (a crash never leaves a final name pointing at a short or empty file)."""
+    fsync(partial)
+    partial.replace(dest)
+    fsync_dir(dest.parent)

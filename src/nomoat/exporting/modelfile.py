@@ -30,7 +30,16 @@ def write(gguf_path: Path, base: basemodel.Base) -> dict[str, Any]:
                         f"Ollama's {fmt.name} template ({jinja[:60]!r} vs {go[:60]!r})")  # fmt: skip
     stops = [*fmt.stops, *([tok.eos_token] if tok.eos_token else [])]
     lines = [f"FROM ./{gguf_path.name}", f'TEMPLATE """{fmt.go_template}"""']
-    lines += [f'PARAMETER stop "{s}"' for s in dict.fromkeys(stops)]
+    lines += [f"PARAMETER stop {quote(s)}" for s in dict.fromkeys(stops)]
     path = atomic_write(gguf_path.with_suffix(".Modelfile"), "\n".join(lines) + "\n")
     return {"format": "ollama", "chat_format": fmt.name, "path": str(path), "bytes": path.stat().st_size,
             "sha256": basemodel.sha256_file(path)}  # fmt: skip
+
+
+def quote(value: str) -> str:
+    """``value`` as one quoted Modelfile argument. The tokenizer's strings come from a stranger's model files:
+    a quote, backslash or line break in them could end the argument and start a new instruction (``SYSTEM``,
+    ``ADAPTER``), so those are refused rather than guessed at (Ollama's parser has no escape for a newline)."""
+    if not value or any(c in value for c in '"\\') or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise UserError(f"no Ollama Modelfile: the stop string {value[:40]!r} cannot be written safely")
+    return f'"{value}"'

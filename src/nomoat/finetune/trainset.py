@@ -57,7 +57,8 @@ class ChatEncoder:
         if self._backend is None:  # slow tokenizer: no switch for special tokens, so defuse look-alikes
             from nomoat.llm.templates import defuse
 
-            return self.tokenizer.encode(text if special else defuse(text), add_special_tokens=False)
+            own = getattr(self.tokenizer, "all_special_tokens", None) or ()  # the tokenizer's own, then known ones
+            return self.tokenizer.encode(text if special else defuse(text, own), add_special_tokens=False)
         # A document containing "<|im_end|>" must stay those characters, never close a turn (as at inference).
         self._backend.encode_special_tokens = not special
         try:

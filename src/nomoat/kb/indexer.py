@@ -84,7 +84,7 @@ def read(path: Path, cfg: IngestConfig, progress: ProgressFn | None = None) -> E
     does not count against it: each page has its own, ``cfg.ocr.page_timeout_s``)."""
     try:
         with time_limit(cfg.file_timeout_s):
-            return read_file(path, max_bytes=cfg.max_file_bytes, ocr=cfg.ocr, progress=progress)
+            return read_file(path, max_bytes=cfg.max_file_bytes, ocr=cfg.ocr, progress=progress, resolved=True)
     except _Timeout:
         return f"timed out after {cfg.file_timeout_s:g} s"
     except ReadError as exc:

@@ -116,8 +116,19 @@ class Model:
         )
 
     def _encode_defused(self, messages: Sequence[Message], add_generation_prompt: bool) -> list[int]:
-        defused = [{**m, "content": defuse(m["content"])} for m in messages]
+        defused = [{**m, "content": defuse(m["content"], self.special_tokens())} for m in messages]
         return self.tokenize(self._render(defused, add_generation_prompt), special=True)
+
+    def special_tokens(self) -> tuple[str, ...]:
+        """The spellings of the vocabulary's control and user-defined tokens (read once from llama.cpp)."""
+        if getattr(self, "_specials", None) is None:
+            model, found = self.llama._model, []
+            for i in range(model.n_vocab()):
+                if model.token_get_attr(i) & (1 << 3 | 1 << 4):  # LLAMA_TOKEN_ATTR_CONTROL | USER_DEFINED
+                    with contextlib.suppress(UnicodeDecodeError):
+                        found.append(model.token_get_text(i))
+            self._specials = tuple(found)
+        return self._specials
 
     # -- generation ---------------------------------------------------------------------------
     def chat(

@@ -1,24 +1,27 @@
 """``nomoat serve``: an OpenAI-compatible API and a small web UI over the local model and knowledge bases.
 
-Safe by default: it binds 127.0.0.1, refuses any other address without an API key, answers only to known Host
-names, sends no CORS headers unless told to, and bounds every request (see :mod:`nomoat.serve.security`).
+Safe by default: it binds 127.0.0.1, wants a key on every data request (a random token unless given one, see
+:mod:`.auth`), refuses any other address without a key, answers only to known Host names, serves only the
+knowledge bases it was started with, sends no CORS headers unless told to, bounds every request (see
+:mod:`.security`) and keeps clients that only hold connections open from starving the others (:mod:`.connections`).
 FastAPI and uvicorn are imported only when a server starts, so ``nomoat --help`` stays fast.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from nomoat.config import RuntimeConfig, ServeConfig
 from nomoat.errors import UserError
+from nomoat.serving.auth import API_KEY_ENV, forget_token, resolve_key, write_token
 from nomoat.serving.security import check_bind
 
-API_KEY_ENV = "NOMOAT_API_KEY"
+__all__ = ["API_KEY_ENV", "bind", "create_app", "run"]
 
 
 def run(
@@ -29,10 +32,12 @@ def run(
     on_ready: Callable[[str], None] | None = None,
     policy: Any = None,
 ) -> None:
-    """Serve until interrupted. The key comes from ``config.api_key`` or ``$NOMOAT_API_KEY``.
+    """Serve until interrupted. The key: see :func:`nomoat.serving.auth.resolve_key` (a new random token unless
+    one is given or ``config.no_auth``); a new token is written to ``$NOMOAT_HOME/serve.token`` (mode 0600).
 
     Raises UserError before loading anything if the address is not loopback and there is no key, and for a
-    model that cannot be loaded. ``on_ready`` receives the URL once the model is loaded; ``policy``
+    model that cannot be loaded. ``on_ready`` receives the URL once the model is loaded; with a new token the URL
+    carries it (``?token=...``: the UI takes it from there), the only place it is shown. ``policy``
     (:class:`nomoat.policy.rules.Policy`) holds every answer to the owner's rules.
     """
     config = replace(config or ServeConfig())
@@ -40,8 +45,8 @@ def run(
         raise UserError("--port must be between 0 and 65535")
     if config.max_queue < 0:
         raise UserError("--max-queue must be 0 or more")
-    config.api_key = config.api_key or os.environ.get(API_KEY_ENV) or None
-    check_bind(config.host, config.api_key)
+    config.api_key, generated = resolve_key(config.api_key, config.api_key_file, config.no_auth, config.host)
+    check_bind(config.host, config.api_key, config.allow_hosts)
     from nomoat.llm import runtime as rt
 
     sock = bind(config.host, config.port)  # a port in use fails at once, not after loading the model
@@ -53,17 +58,42 @@ def run(
     app = create_app(llm, config, policy=policy)
     import uvicorn
 
-    settings = uvicorn.Config(
-        app,
-        log_level="warning",
-        limit_concurrency=config.max_connections,
-        timeout_graceful_shutdown=5,
-        server_header=False,
-    )
+    from nomoat.serving.connections import uvicorn_config
+
     host = f"[{config.host}]" if ":" in config.host else config.host
-    if on_ready:
-        on_ready(f"http://{host}:{sock.getsockname()[1]}/")
-    uvicorn.Server(settings).run(sockets=[sock])
+    url = f"http://{host}:{sock.getsockname()[1]}/"
+    if generated and config.api_key:
+        write_token(config.api_key)
+        url += f"?token={config.api_key}"
+    try:
+        if on_ready:
+            on_ready(url)
+        with _exit_on_sigterm():
+            uvicorn.Server(uvicorn_config(app, config)).run(sockets=[sock])
+    finally:
+        if generated and config.api_key:
+            forget_token(config.api_key)
+
+
+@contextlib.contextmanager
+def _exit_on_sigterm() -> Iterator[None]:
+    """uvicorn re-raises the signal that stopped it once it is done; SIGTERM's default action would then end the
+    process before ``finally`` blocks run (the token file would stay). Make it a SystemExit instead."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(0)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -1,8 +1,9 @@
 """The FastAPI app: OpenAI routes, knowledge-base status for the UI, the UI page, errors in OpenAI's shape.
 
 Model ids a request may name (``GET /v1/models`` lists them): the loaded model's name (or ``default``) for plain
-generation; ``nomoat-rag`` for answers from the server's knowledge base, ``kb:<name>`` for another one; and
-``nomoat-embed`` for embeddings. Ids are only looked up, never opened: nothing a request sends becomes a path.
+generation; ``nomoat-rag`` for answers from the server's knowledge base, ``kb:<name>`` for another one it was
+started with (see :mod:`.exposed`); and ``nomoat-embed`` for embeddings. Ids are only looked up, never opened:
+nothing a request sends becomes a path.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from nomoat.config import GenerationConfig, RagConfig, ServeConfig
 from nomoat.errors import UserError
-from nomoat.kb import catalog
 from nomoat.serving import responses as R
 from nomoat.serving import work
 from nomoat.serving.engine import Busy, Job, Slot, run_to_end
+from nomoat.serving.exposed import Exposed, chunk_view
 from nomoat.serving.schemas import (
     BadRequest,
     ChatRequest,
@@ -66,6 +68,7 @@ class Server:
                  policy: Any = None) -> None:  # fmt: skip
         self.model, self.config, self.retrieve, self.policy = model, config, retrieve, policy
         self._embedder = embedder
+        self.kbs = Exposed(config.kb, config.kbs)
         self.slot = Slot(config.max_queue)  # generation: one at a time
         self.embed_slot = Slot(config.max_queue)  # embeddings run beside generation, one batch at a time
 
@@ -74,14 +77,10 @@ class Server:
         if model_id in (self.model.name, "default"):
             return None
         if model_id == RAG_MODEL:
-            kb = self.config.kb
-        elif model_id.startswith(KB_PREFIX):
-            kb = model_id[len(KB_PREFIX) :]
-        else:
-            raise BadRequest(f"model {model_id[:80]!r} does not exist (see GET /v1/models)", "model", 404)
-        if kb not in catalog.names():
-            raise BadRequest(f"no knowledge base {kb[:80]!r}: run `nomoat ingest PATH --kb NAME`", "model", 404)
-        return kb
+            return self.kbs.check(self.kbs.rag)
+        if model_id.startswith(KB_PREFIX):
+            return self.kbs.check(model_id[len(KB_PREFIX) :])
+        raise BadRequest(f"model {model_id[:80]!r} does not exist (see GET /v1/models)", "model", 404)
 
     async def embedder(self) -> Any:
         if self._embedder is None:
@@ -108,7 +107,9 @@ def error_response(exc: BaseException) -> JSONResponse:
     as a generic 500: tracebacks and absolute paths stay in the server's log."""
     if isinstance(exc, BadRequest):
         return JSONResponse(R.error_body(exc.message, exc.kind, exc.param), exc.status)
-    if isinstance(exc, ClientGone):
+    if isinstance(exc, ClientGone | ClientDisconnect):
+        if isinstance(exc, ClientDisconnect):
+            log.info("a request ended before its whole body arrived (the client left, or sent it too slowly)")
         return JSONResponse(R.error_body("client closed the request"), 499)  # nginx's code; nobody reads it
     if isinstance(exc, Busy):
         return JSONResponse(R.error_body(str(exc), "rate_limit_error"), 429, {"Retry-After": "1"})
@@ -171,7 +172,7 @@ def create_app(
     hosts = allowed_hosts(config.host, config.allow_hosts)
     app.add_middleware(Guard, hosts=hosts, api_key=config.api_key, max_body_bytes=config.max_body_bytes,
                        cors_origins=config.cors_origins)  # fmt: skip
-    for kind in (BadRequest, Busy, ClientGone, BodyTooLarge, UserError, HTTPException, Exception):
+    for kind in (BadRequest, Busy, ClientGone, ClientDisconnect, BodyTooLarge, UserError, HTTPException, Exception):
         app.add_exception_handler(kind, _on_error)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.include_router(routes)
@@ -215,7 +216,8 @@ async def health(request: Request) -> dict[str, Any]:
 
 @routes.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    ids = [_server(request).model.name, RAG_MODEL, *(KB_PREFIX + n for n in catalog.names()), EMBED_MODEL]
+    server = _server(request)
+    ids = [server.model.name, RAG_MODEL, *(KB_PREFIX + n for n in server.kbs.available()), EMBED_MODEL]
     data = [{"id": i, "object": "model", "created": 0, "owned_by": "nomoat"} for i in ids]
     return {"object": "list", "data": data}
 
@@ -223,18 +225,20 @@ async def list_models(request: Request) -> dict[str, Any]:
 @routes.get("/api/kbs")
 async def knowledge_bases(request: Request) -> dict[str, Any]:
     server = _server(request)
-    kbs = await asyncio.to_thread(catalog.list_kbs)
+    from nomoat.kb import catalog
+
+    served = set(server.kbs.names)
+    kbs = [kb for kb in await asyncio.to_thread(catalog.list_kbs) if kb["name"] in served]
     keep = ("name", "documents", "chunks", "bytes")  # not "path": the server's folders are its own business
     data = [{**{k: kb[k] for k in keep}, "model": KB_PREFIX + kb["name"]} for kb in kbs]
     return {"rag_kb": server.config.kb, "model": server.model.name, "data": data}
 
 
 @routes.get("/api/kbs/{name}/chunks/{chunk_id}")
-async def chunk(name: str, chunk_id: int) -> dict[str, Any]:
-    """The whole text of a cited chunk, for the UI's citation view."""
-    if name not in catalog.names():
-        raise BadRequest(f"no knowledge base {name[:80]!r}", "name", 404)
-    row = await asyncio.to_thread(_chunk_row, name, chunk_id) if 0 < chunk_id < 2**63 else None
+async def chunk(request: Request, name: str, chunk_id: int) -> dict[str, Any]:
+    """The whole text of a cited chunk, for the UI's citation view (served knowledge bases only)."""
+    _server(request).kbs.check(name, "name")
+    row = await asyncio.to_thread(chunk_view, name, chunk_id) if 0 < chunk_id < 2**63 else None
     if row is None:
         raise BadRequest(f"no chunk {chunk_id} in {name!r}", "chunk_id", 404)
     return row
@@ -252,7 +256,8 @@ async def chat_completions(request: Request) -> Any:
     elif messages[-1]["role"] != "user":
         raise BadRequest("messages: the last message must be the user's question", "messages")
     else:
-        job_work = work.grounded(server.model, messages, kb, _rag_gen(body, gen), server.retrieve, server.policy)
+        retrieve = server.kbs.retriever(server.retrieve)  # sources named below the ingested folder
+        job_work = work.grounded(server.model, messages, kb, _rag_gen(body, gen), retrieve, server.policy)
     job_work = _policed(server, job_work, [m["content"] for m in messages], plain=kb is None)
     rid, name = R.new_id("chatcmpl"), body.model
     return await _respond(
@@ -375,14 +380,3 @@ async def _rest(job: Job, first: tuple[str, Any]) -> AsyncIterator[tuple[str, An
             yield "error", bytes(response.body).decode()
             return
         yield kind, value
-
-
-def _chunk_row(kb: str, chunk_id: int) -> dict[str, Any] | None:
-    from nomoat.kb import store
-
-    with store.connect(kb) as conn:
-        row = store.get_chunks(conn, [chunk_id]).get(chunk_id)
-    if row is None:
-        return None
-    keys = ("text", "location", "heading", "path")
-    return {"chunk_id": chunk_id, **{k: row[k] for k in keys}}

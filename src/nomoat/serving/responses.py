@@ -13,13 +13,15 @@ import time
 import uuid
 from typing import Any
 
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])(?:/[^\s/'\"():]+)+/([^\s/'\"():]+)")
+# The folders of an absolute path (POSIX or Windows, spaces allowed in names): "/home/a b/" or "C:\\Users\\A B\\".
+# Not after a word character, dot, colon or slash, so URLs ("http://127.0.0.1:8000/v1") and relative paths stay.
+_FOLDERS = re.compile(r"(?<![\w.:/\\])(?:[A-Za-z]:)?[/\\](?:[^/\\'\"():\n]*[/\\])+")
 
 
 def scrub(message: str) -> str:
     """Error text safe to send: absolute paths are cut to their last part, and only the first line is kept."""
     first = (message.strip().splitlines() or ["error"])[0]
-    return _ABSOLUTE_PATH.sub(r"\1", first)[:500]
+    return _FOLDERS.sub("", first)[:500]
 
 
 def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None) -> dict[str, Any]:

@@ -53,13 +53,16 @@ def is_loopback(host: str) -> bool:
         return False  # a host name could resolve anywhere
 
 
-def check_bind(host: str, api_key: str | None) -> None:
-    """Refuse to listen beyond this machine without a key. Raises UserError with what to do."""
+def check_bind(host: str, api_key: str | None, allow_hosts: Iterable[str] = ()) -> None:
+    """Refuse to listen beyond this machine without a key, and to drop the Host and Origin checks (``--allow-host
+    '*'``) without one: that opens the server to DNS rebinding. Raises UserError with what to do."""
     if not is_loopback(host) and not api_key:
         raise UserError(
             f"refusing to serve on {host} without an API key: anyone on the network could use it; "
-            "set NOMOAT_API_KEY (or --api-key), or bind 127.0.0.1"
+            "set NOMOAT_API_KEY (or --api-key-file), or bind 127.0.0.1"
         )
+    if "*" in allow_hosts and not api_key:
+        raise UserError("--allow-host '*' needs an API key: without one any web page could use this server")
 
 
 def allowed_hosts(bind_host: str, extra: Iterable[str] = ()) -> frozenset[str]:

@@ -21,7 +21,7 @@ import stat
 from pathlib import Path
 
 from nomoat.config import OcrConfig
-from nomoat.kb.readers import docx, html_page, images, pdf
+from nomoat.kb.readers import docx, html_page, images, limits, pdf
 from nomoat.kb.readers.ocr import ProgressFn
 from nomoat.kb.readers.text import (
     BOMS,
@@ -84,18 +84,25 @@ def _kind(path: Path) -> str | None:
 
 
 def read_file(
-    path: Path, *, max_bytes: int = 64 * 2**20, ocr: OcrConfig | None = None, progress: ProgressFn | None = None
+    path: Path,
+    *,
+    max_bytes: int = 64 * 2**20,
+    ocr: OcrConfig | None = None,
+    progress: ProgressFn | None = None,
+    resolved: bool = False,
 ) -> Extracted:
     """Read one file into text.
 
     The reader is chosen by suffix (see `supported`); a file with an unknown suffix is read as plain text when its
     bytes are text. Pictures are OCR'd as ``ocr`` says (default: ``OcrConfig()``), and ``progress(done, total)``
-    is called after each page or image OCR'd. Raises ReadError (Unsupported for binary, empty or non-regular
-    files) and nothing else, except TimeoutError, which passes through so that a caller's alarm handler can
-    raise it.
+    is called after each page or image OCR'd. With ``resolved`` (``path`` is the walker's resolved path, checked
+    to be inside the roots) the file is opened without following a symlink and must be that very path, so a file
+    or folder swapped for a symlink between walk and read is refused. Raises ReadError (Unsupported for binary,
+    empty or non-regular files) and nothing else, except TimeoutError, which passes through so that a caller's
+    alarm handler can raise it.
     """
     try:
-        return _read(Path(path), max_bytes, ocr or OcrConfig(), progress)
+        return _read(Path(path), max_bytes, ocr or OcrConfig(), progress, resolved)
     except (ReadError, TimeoutError):
         raise
     except RecursionError:
@@ -106,9 +113,9 @@ def read_file(
         raise ReadError(short(f"cannot read: {type(e).__name__}: {e}")) from e
 
 
-def _read(path: Path, max_bytes: int, ocr: OcrConfig, progress: ProgressFn | None) -> Extracted:
+def _read(path: Path, max_bytes: int, ocr: OcrConfig, progress: ProgressFn | None, resolved: bool) -> Extracted:
     kind = _kind(path)
-    data = _read_bytes(path, max_bytes)
+    data = _read_bytes(path, max_bytes, resolved)
     if not data:
         raise Unsupported("empty file")
     if kind == "pdf":
@@ -126,6 +133,7 @@ def _read(path: Path, max_bytes: int, ocr: OcrConfig, progress: ProgressFn | Non
             if name:
                 raise Unsupported(f"binary file ({name})")
         doc = html_page.read_html(data) if kind == "html" else read_text(data, kind or "text", path.suffix.lower())
+    limits.check_text(len(doc.text))  # every kind (HTML, text, OCR'd images) is held to the same bound
     if not doc.text.strip():
         if doc.problems:
             raise ReadError(doc.problems[0])
@@ -136,13 +144,21 @@ def _read(path: Path, max_bytes: int, ocr: OcrConfig, progress: ProgressFn | Non
     return doc
 
 
-def _read_bytes(path: Path, max_bytes: int) -> bytes:
+def _read_bytes(path: Path, max_bytes: int, resolved: bool = False) -> bytes:
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             raise Unsupported("not a regular file")
-        # O_NONBLOCK: a FIFO swapped in after the stat must not block the open.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        # O_NONBLOCK: a FIFO swapped in after the stat must not block the open. O_NOFOLLOW: nor a symlink.
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+        try:
+            fd = os.open(path, flags | (getattr(os, "O_NOFOLLOW", 0) if resolved else 0))
+        except OSError as e:
+            if resolved and os.path.islink(path):
+                raise ReadError("became a symlink after the folder was listed: not followed") from None
+            raise e
         with os.fdopen(fd, "rb") as f:
+            if resolved and not _opened_is(f.fileno(), path):
+                raise ReadError("a folder on its path was swapped for a symlink after listing: not followed")
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode):
                 raise Unsupported("not a regular file")
@@ -154,3 +170,11 @@ def _read_bytes(path: Path, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise ReadError(f"too large: over the {human_size(max_bytes)} limit")
     return data
+
+
+def _opened_is(fd: int, path: Path) -> bool:
+    """Whether open file ``fd`` is at ``path`` itself (its real location, where the OS tells it: Linux)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}") == os.path.abspath(path)
+    except OSError:
+        return True  # no /proc: O_NOFOLLOW alone guards the last component

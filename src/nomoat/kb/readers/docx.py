@@ -11,7 +11,7 @@ import zipfile
 from xml.etree import ElementTree as ET
 
 from nomoat.config import OcrConfig
-from nomoat.kb.readers import images, ocr
+from nomoat.kb.readers import images, limits, ocr
 from nomoat.kb.readers.limits import PageTimeout
 from nomoat.kb.readers.text import Extracted, ReadError, Span, human_size, normalize, short
 
@@ -59,8 +59,13 @@ def read_docx(
     return Extracted(text, "docx", title=(title.strip() or first_title)[:200], ocr=spans, problems=problems)
 
 
-def _check_dtd(head: bytes, name: str) -> None:
-    if b"<!DOCTYPE" in head or b"<!ENTITY" in head:  # entity expansion attacks need a DTD; OOXML never has one
+_DTD_MARKS = (b"<!DOCTYPE", b"<!ENTITY")
+
+
+def _check_dtd(data: bytes, name: str) -> None:
+    """Anywhere in ``data`` (the whole part, or a streamed piece with the previous piece's tail: a DTD may follow
+    any amount of whitespace, comments or processing instructions). Entity expansion needs a DTD; OOXML has none."""
+    if any(mark in data for mark in _DTD_MARKS):
         raise ReadError(f"docx part {name} declares a DTD")
 
 
@@ -68,8 +73,11 @@ def _small_xml(z: zipfile.ZipFile, name: str) -> ET.Element | None:
     if name not in z.namelist() or z.getinfo(name).file_size > _SMALL_PART:
         return None
     raw = z.read(name)
-    _check_dtd(raw[:4096], name)
-    return ET.fromstring(raw)
+    _check_dtd(raw, name)
+    root = ET.fromstring(raw)
+    if sum(1 for _ in root.iter()) > limits.MAX_XML_ELEMENTS:
+        raise ReadError(f"docx part {name} has over {limits.MAX_XML_ELEMENTS:,} XML elements")
+    return root
 
 
 def _outline_level(ppr: ET.Element | None) -> int | None:
@@ -112,7 +120,8 @@ def _run_text(p: ET.Element) -> str:
 
 def _docx_body(z: zipfile.ZipFile, styles: dict[str, int], pictures: _Pictures | None) -> tuple[str, str]:
     """Stream word/document.xml: paragraphs, headings as `#` lines, list items, table rows, then the text of the
-    pictures in them (into ``pictures.spans``); memory stays flat."""
+    pictures in them (into ``pictures.spans``). Memory stays flat: each block is dropped from the tree once read,
+    and the inflated bytes, elements, depth and text are counted against :mod:`.limits` as they stream."""
     out: list[str] = []
     titles: list[str] = []
     last_tight, fallback, tables, length = False, 0, 0, 0
@@ -125,6 +134,7 @@ def _docx_body(z: zipfile.ZipFile, styles: dict[str, int], pictures: _Pictures |
             length += len(out[-1])
         out.append(text)
         length += len(text)
+        limits.check_text(length)
         last_tight = tight
         return length - len(text)
 
@@ -134,14 +144,28 @@ def _docx_body(z: zipfile.ZipFile, styles: dict[str, int], pictures: _Pictures |
             pictures.spans.append((start, start + len(text), where))
 
     parser = ET.XMLPullParser(events=("start", "end"))
-    with z.open("word/document.xml") as f:
-        first = True
+    name = "word/document.xml"
+    inflated, elements, depth, tail, body = 0, 0, 0, b"", None
+    with z.open(name) as f:
         while data := f.read(1 << 16):
-            if first:
-                _check_dtd(data[:4096], "word/document.xml")
-                first = False
+            inflated += len(data)
+            if inflated > limits.MAX_XML_BYTES:
+                raise ReadError(f"docx part {name} expands past {human_size(limits.MAX_XML_BYTES)}")
+            _check_dtd(tail + data, name)
+            tail = data[-16:]
             parser.feed(data)
             for event, el in parser.read_events():
+                depth += 1 if event == "start" else -1
+                if event == "start":
+                    elements += 1
+                    if elements > limits.MAX_XML_ELEMENTS or depth > limits.MAX_DEPTH:
+                        what = f"over {limits.MAX_XML_ELEMENTS:,} XML elements" if depth <= limits.MAX_DEPTH else (
+                            f"XML nested over {limits.MAX_DEPTH:,} deep")  # fmt: skip
+                        raise ReadError(f"docx part {name} has {what}")
+                    if depth == 2:
+                        body = el  # w:body: its finished children are dropped below
+                elif depth == 2 and body is not None:
+                    del body[:]  # a finished top-level block (read above, or nothing to read): free it
                 if el.tag == _MC_FALLBACK:  # a copy of the mc:Choice content for old readers: skipped
                     fallback += 1 if event == "start" else -1
                 elif el.tag == f"{_W}tbl":

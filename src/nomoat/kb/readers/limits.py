@@ -1,6 +1,9 @@
-"""Bounds every reader shares: pixels per image (checked before decoding) and wall-clock time per page.
+"""Bounds every reader shares: pixels per image (checked before decoding), wall-clock time per page, and how much a
+file may expand into: text characters, XML bytes inflated from a zip, XML elements, nesting depth.
 
-The numbers live in :class:`nomoat.config.OcrConfig` (part of ``IngestConfig``); this module only enforces them.
+The OCR numbers live in :class:`nomoat.config.OcrConfig` (part of ``IngestConfig``); the expansion bounds are
+here. They keep one file's memory bounded whatever its reader: a 15.9 MiB DOCX used to expand to 963 MiB of text
+and 1.29 M chunks at 3 GiB RSS, and a 5.4 MiB one of empty elements to 1.8 GiB while yielding 16 characters.
 """
 
 from __future__ import annotations
@@ -12,6 +15,21 @@ from collections.abc import Iterator
 from typing import Any
 
 from nomoat.kb.readers.text import ReadError
+
+MAX_TEXT_CHARS = 16 * 2**20
+"""Extracted text per file (~8,000 pages of prose; ~30,000 chunks, ~50 MB of vectors). More fails the file."""
+MAX_XML_BYTES = 256 * 2**20
+"""XML inflated from one zip member (DOCX's word/document.xml), counted while it streams."""
+MAX_XML_ELEMENTS = 2_000_000
+"""XML elements in one part (a 500-page report has a few hundred thousand)."""
+MAX_DEPTH = 1_000
+"""Open elements at once (HTML, XML): real documents nest a few dozen deep."""
+
+
+def check_text(chars: int, what: str = "text") -> None:
+    """Raise ReadError once a file's extracted text passes MAX_TEXT_CHARS (call it as text accumulates)."""
+    if chars > MAX_TEXT_CHARS:
+        raise ReadError(f"too much {what}: over {MAX_TEXT_CHARS:,} characters (limit per file)")
 
 
 class PageTimeout(Exception):

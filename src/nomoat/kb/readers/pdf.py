@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from nomoat.config import OcrConfig
 from nomoat.kb.readers import ocr
-from nomoat.kb.readers.limits import PageTimeout, check_pixels
+from nomoat.kb.readers.limits import PageTimeout, check_pixels, check_text
 from nomoat.kb.readers.text import Extracted, ReadError, normalize, short
 
 if TYPE_CHECKING:
@@ -50,13 +50,15 @@ def read_pdf(data: bytes, config: OcrConfig | None = None, progress: ocr.Progres
         raise ReadError(short(f"malformed PDF: {e}")) from None
     if not pages:
         raise ReadError("malformed PDF: no pages")
-    texts, errors = [], []
+    texts, errors, chars = [], [], 0
     for number, page in enumerate(pages, 1):
         try:
             texts.append(normalize(page.extract_text() or "").strip())
         except Exception as e:  # one broken page should not lose the others
             texts.append("")
             errors.append(f"page {number}: {e}")
+        chars += len(texts[-1])
+        check_text(chars)  # page by page: a PDF of repeated content streams is refused before it is all text
     if len(errors) == len(pages) and not (config and config.engine != "off"):
         raise ReadError(short(f"malformed PDF: {errors[0]}"))
     blocks: list[list[Block]] = [[(text, None)] for text in texts]

@@ -6,6 +6,19 @@
 const $ = (id) => document.getElementById(id);
 const state = { history: [], controller: null, key: sessionStorage.getItem("nomoat-key") || "" };
 
+// The URL `nomoat serve` prints carries its token (`/?token=...`, as Jupyter's does): keep it for this tab, then
+// take it out of the address bar and history so it is not shared by copying the address.
+(function takeTokenFromUrl() {
+  const params = new URLSearchParams(location.search);
+  const token = params.get("token");
+  if (!token) return;
+  state.key = token;
+  sessionStorage.setItem("nomoat-key", token);
+  params.delete("token");
+  const rest = params.toString();
+  history.replaceState(null, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
+})();
+
 function headers() {
   const h = { "Content-Type": "application/json" };
   if (state.key) h.Authorization = "Bearer " + state.key;
