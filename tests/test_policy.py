@@ -90,7 +90,7 @@ def test_the_workspace_policy_is_used_unless_a_file_is_given(nomoat_home: Path, 
 @pytest.mark.parametrize(
     "text",
     ["What is Bob's SALARY?", "s a l a r y of bob", "s.a.l.a.r.y", "ѕаlаrу", "sa\u200blary", "ｓａｌａｒｙ", "s4l4ry",
-     "sálary", "what is his pay-grade", "minimum wages", "he earns $90"],
+     "sálary", "what is his pay-grade", "minimum wages", "he earns $90", "the CEO's S A L A R Y", "x s a l a r y z"],
 )  # fmt: skip
 def test_denied_words_are_found_however_they_are_written(policy: rules.Policy, text: str) -> None:
     assert policy.check_input(text) == {"rule": "salaries", "action": "refused", "where": "input"}

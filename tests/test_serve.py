@@ -313,7 +313,7 @@ def test_kb_status_and_chunk_view_never_expose_server_paths(nomoat_home: Any, tm
 
 # -- a real server in a thread: queue and disconnects ------------------------------------------------------------
 @contextlib.contextmanager
-def live(model: FakeModel, retrieve: Any = None, **config: Any) -> Iterator[str]:
+def live(model: FakeModel, retrieve: Any = None, policy: Any = None, **config: Any) -> Iterator[str]:
     """A real uvicorn server on a free loopback port, in a thread; yields its base URL."""
     import uvicorn
 
@@ -321,7 +321,7 @@ def live(model: FakeModel, retrieve: Any = None, **config: Any) -> Iterator[str]
 
     sock = bind("127.0.0.1", 0)
     settings = ServeConfig(**config)
-    app = create_app(model, settings, embedder=FakeEmbedder(), retrieve=retrieve)
+    app = create_app(model, settings, embedder=FakeEmbedder(), retrieve=retrieve, policy=policy)
     server = uvicorn.Server(uvicorn_config(app, settings))  # the settings `nomoat serve` runs with
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from nomoat.config import PolicyConfig
-from nomoat.policy.normalize import fold, unleet
+from nomoat.policy.normalize import fold, spelled_runs, unleet
 from nomoat.text import sentences
 
 Policy = Deny = Any  # nomoat.policy.rules' classes (whose methods call these functions: no import back)
@@ -43,8 +43,11 @@ def first_match(policy: Policy, text: str, side: str) -> Deny | None:
         return None
     folded = fold(text)
     leet = unleet(folded)
+    spelled = spelled_runs(text)
     for rule in rules:
         if rule.word_regex is not None and (rule.word_regex.search(folded) or rule.word_regex.search(leet)):
+            return rule
+        if rule.spelled_regex is not None and any(rule.spelled_regex.search(r) for r in spelled):
             return rule
         if any(p.search(text) or p.search(folded) for p in rule.patterns):
             return rule

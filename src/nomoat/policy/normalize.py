@@ -36,12 +36,22 @@ _SEPARATORS = re.compile(r"[\W_]+")
 
 def fold(text: str) -> str:
     """``text`` in the form rules are matched against (see the module's docstring)."""
+    return _SPACED.sub(lambda m: _SEPARATORS.sub("", m.group()), _letters(text))
+
+
+def spelled_runs(text: str) -> list[str]:
+    """The runs of single spaced letters in ``text``, collapsed (``CEO's s a l a r y`` -> ``["ssalary"]``). A run
+    has no word boundaries of its own, so word lists are matched inside it (:func:`word_pattern` ``bounded=False``):
+    a stray letter before or after cannot hide the word."""
+    return [_SEPARATORS.sub("", m.group()) for m in _SPACED.finditer(_letters(text))]
+
+
+def _letters(text: str) -> str:
     text = unicodedata.normalize("NFKC", text)
     text = "".join(c for c in text if unicodedata.category(c) != "Cf")
     text = unicodedata.normalize("NFKD", text)
     text = "".join(c for c in text if not unicodedata.combining(c))
-    text = text.casefold().translate(CONFUSABLES)
-    return _SPACED.sub(lambda m: _SEPARATORS.sub("", m.group()), text)
+    return text.casefold().translate(CONFUSABLES)
 
 
 def unleet(folded: str) -> str:
@@ -50,10 +60,10 @@ def unleet(folded: str) -> str:
     return _SPACED.sub(lambda m: _SEPARATORS.sub("", m.group()), text)
 
 
-def word_pattern(word: str) -> str:
-    """A regular expression for one word-list entry, matched against folded text: whole words, any run of
-    separators between the words of a phrase, and a trailing ``*`` for any ending (``salar*``)."""
+def word_pattern(word: str, bounded: bool = True) -> str:
+    """A regular expression for one word-list entry, matched against folded text: whole words (anywhere, when not
+    ``bounded``), any run of separators between the words of a phrase, and a trailing ``*`` for any ending."""
     prefix = word.rstrip().endswith("*")
     parts = [re.escape(p) for p in _SEPARATORS.split(fold(word.rstrip().rstrip("*"))) if p]
     body = r"[\W_]*".join(parts) + (r"[^\W_]*" if prefix else "")
-    return rf"(?<![^\W_]){body}(?![^\W_])"
+    return rf"(?<![^\W_]){body}(?![^\W_])" if bounded else body

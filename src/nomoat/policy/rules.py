@@ -54,6 +54,8 @@ class Deny:
     refusal: str | None = None
     word_regex: re.Pattern[str] | None = None
     """All ``words`` as one expression over folded text (:mod:`nomoat.policy.normalize`)."""
+    spelled_regex: re.Pattern[str] | None = None
+    """The same words without word boundaries, for runs of spelled-out letters."""
 
 
 @dataclass(frozen=True)
@@ -200,8 +202,9 @@ def _deny(rule: dict[str, Any], i: int, fail: Fail) -> Deny:
     if refusal is not None and (not isinstance(refusal, str) or not refusal.strip()):
         raise fail(f"deny rule {name!r}: refusal must be a non-empty string", "refusal", table)
     regex = re.compile("|".join(word_pattern(w) for w in words)) if words else None
+    spelled = re.compile("|".join(word_pattern(w, bounded=False) for w in words)) if words else None
     return Deny(name=name, words=tuple(words), patterns=tuple(compiled), on=frozenset(on), refusal=refusal,
-                word_regex=regex)  # fmt: skip
+                word_regex=regex, spelled_regex=spelled)  # fmt: skip
 
 
 def _string(data: dict[str, Any], key: str, fail: Fail) -> str | None:
