@@ -108,3 +108,16 @@ def test_ask_reports_a_model_that_declines(reply: str, mode: str) -> None:
     assert got["mode"] == mode
     if mode == "declined":
         assert not got["grounded"] and not got["citations"]
+
+
+def test_a_golden_chunk_search_missed_is_put_in_and_only_the_share_go_without() -> None:
+    def misses(query: str, kb: str, k: int) -> list[dict[str, Any]]:  # search never finds the golden chunk
+        named = {c["chunk_id"] for c in _retrieve(query, kb, 1)}
+        return [c for c in CHUNKS.values() if c["chunk_id"] not in named][:k]
+
+    rows = rag_rows(_rows() * 10, "t", FakeChatModel(), config=CurateConfig(rag_missing_share=0.1), retrieve=misses,
+                    chunks=CHUNKS)  # fmt: skip
+    declines = sum(r["meta"]["golden"] is None for r in rows) / len(rows)
+    assert 0.02 < declines < 0.2  # the share, not every miss
+    without = rag_rows(_rows(), "t", FakeChatModel(), config=CurateConfig(rag_missing_share=0), retrieve=misses)
+    assert all(r["meta"]["golden"] is None for r in without)  # no chunk text to put in: the files do not say

@@ -136,12 +136,13 @@ def build(
         report["removed"]["eval answer overlaps training"] += 1
         del evals[i]
     if target == "rag":
-        train, evals = _as_rag(train, evals, kb, model, config, retrieve, progress, report)
+        train, evals = _as_rag(train, evals, kb, model, config, retrieve, progress, report,
+                               {c["id"]: c for c in chunks})  # fmt: skip
     report["target"] = target
     return _write(output, train, evals, report, kb, time.monotonic() - started)
 
 
-def _as_rag(train, evals, kb, model, config, retrieve, progress, report):  # type: ignore[no-untyped-def]
+def _as_rag(train, evals, kb, model, config, retrieve, progress, report, chunks):  # type: ignore[no-untyped-def]
     """Both splits as ask-format rows (the model only tokenizes here, so its context sets the source budget)."""
     from tqdm import tqdm
 
@@ -155,7 +156,8 @@ def _as_rag(train, evals, kb, model, config, retrieve, progress, report):  # typ
 
         def convert(split: list[Row], exclude: set[str]) -> list[Row]:
             return rag_rows(split, kb, llm, config=config, retrieve=retrieve, removed=report["removed"],
-                            pii=report["pii"], exclude=exclude, on_row=lambda: bar.update(1))  # fmt: skip
+                            pii=report["pii"], exclude=exclude, chunks=chunks,
+                            on_row=lambda: bar.update(1))  # fmt: skip
 
         rows = convert(train, held_out), convert(evals, set())
     return rows[0], rows[1]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from nomoat.answer import citations, rag
@@ -38,6 +38,7 @@ def rag_rows(
     removed: Counter[str] | None = None,
     pii: Counter[str] | None = None,
     exclude: set[str] | frozenset[str] = frozenset(),
+    chunks: Mapping[int, dict[str, Any]] | None = None,
     on_row: Callable[[], None] | None = None,
 ) -> list[Row]:
     """Chat rows (question → answer from one chunk, ``meta.chunk_ids``) turned into ask-format rows.
@@ -45,7 +46,10 @@ def rag_rows(
     ``model`` only tokenizes (it sets the prompt's token budget, as in ask). Hits from documents in ``exclude``
     (the eval split's, for training rows) never become sources, so no held-out text reaches training. Rows whose
     answer fails ask's check are left out and counted in ``removed``; sources are PII-scrubbed like the pairs
-    (counted in ``pii``). Each row's ``meta`` gains ``question``,
+    (counted in ``pii``). When search misses the golden chunk, it is put in from ``chunks`` (id -> ``{"text",
+    "path", "location"}``) as RAFT does: only the ``rag_missing_share`` rows go without it (a first version that
+    left every miss out made two rows in three "the files do not say", and the tuned model said it to everything).
+    Each row's ``meta`` gains ``question``,
     ``answer`` (the reference, without markers), ``golden`` (its source number, or None), ``sources`` (their chunk
     ids, in order) and ``format: "rag"``.
     """
@@ -66,6 +70,10 @@ def rag_rows(
         hits = [{**h, "text": _scrubbed(h["text"], pii)} for h in found
                 if h.get("text", "").strip() and h.get("path") not in exclude]  # fmt: skip
         golden = next((h for h in hits if h["chunk_id"] == golden_id), None)
+        if golden is None and chunks and golden_id in chunks:
+            c = chunks[golden_id]
+            golden = {"chunk_id": golden_id, "path": c["path"], "location": c["location"],
+                      "text": _scrubbed(c["text"], pii)}  # fmt: skip
         missing = rng.random() < config.rag_missing_share
         if missing or golden is None:
             hits = [h for h in hits if h["chunk_id"] != golden_id][: rag_config.k]
