@@ -122,7 +122,12 @@ def build(
             usable.append(c)
     candidates = [(c, p) for c in usable for p in extract_pairs(c["text"], c["subject"], c["heading"])]
     wanted = None if max_pairs is None else 2 * max_pairs - len(candidates)  # headroom: filters drop about half
-    if use_model and time_budget != 0 and (wanted is None or wanted > 0):
+    model_pairs_wanted = use_model and time_budget != 0 and (wanted is None or wanted > 0)
+    if (model_pairs_wanted or target == "rag") and not hasattr(model, "tokenize"):
+        from nomoat.llm import runtime
+
+        model = runtime.load(model)  # once: it writes pairs, then tokenizes the RAG prompts
+    if model_pairs_wanted:
         budget = config.model_budget_s if time_budget is None else time_budget
         candidates += _model_candidates(usable, model, output, budget, wanted, config, progress, report)
     report["candidates"] = Counter(p.generator.split(":")[0] for _, p in candidates)
@@ -143,19 +148,17 @@ def build(
 
 
 def _as_rag(train, evals, kb, model, config, retrieve, progress, report, chunks):  # type: ignore[no-untyped-def]
-    """Both splits as ask-format rows (the model only tokenizes here, so its context sets the source budget)."""
+    """Both splits as ask-format rows (the loaded ``model`` only tokenizes here: its context sets the source budget)."""
     from tqdm import tqdm
 
     from nomoat.dataset.raft import rag_rows
-    from nomoat.llm import runtime
 
-    llm = model if hasattr(model, "tokenize") else runtime.load(model)
     with tqdm(total=len(train) + len(evals), desc="rag rows", unit="row", file=sys.stderr,
               disable=not (progress and sys.stderr.isatty())) as bar:  # fmt: skip
         held_out = {r["meta"]["source"] for r in evals}
 
         def convert(split: list[Row], exclude: set[str]) -> list[Row]:
-            return rag_rows(split, kb, llm, config=config, retrieve=retrieve, removed=report["removed"],
+            return rag_rows(split, kb, model, config=config, retrieve=retrieve, removed=report["removed"],
                             pii=report["pii"], exclude=exclude, chunks=chunks,
                             on_row=lambda: bar.update(1))  # fmt: skip
 
@@ -188,11 +191,8 @@ def _model_candidates(usable, model, output, budget, wanted, config, progress, r
     interrupted build resumes where it stopped. The plan, with its ETA, is printed before it starts."""
     from tqdm import tqdm
 
-    from nomoat.llm import runtime
-
     state_path = output.with_name(output.name + ".state.jsonl")
     done = _read_state(state_path)
-    llm = model if hasattr(model, "chat") else runtime.load(model)
     gen = GenerationConfig(max_tokens=config.model_answer_tokens, temperature=config.model_temperature)
     chunk_by_id = {c["id"]: c for c in usable}
     out = [(chunk_by_id[i], Pair(**p)) for i, pairs in done.items() if i in chunk_by_id for p in pairs]
@@ -213,7 +213,7 @@ def _model_candidates(usable, model, output, budget, wanted, config, progress, r
         for c in todo:
             if time.monotonic() - started > budget or (wanted is not None and found >= wanted):
                 break
-            pairs = model_pairs(llm, c["text"][: config.model_chunk_chars], gen)
+            pairs = model_pairs(model, c["text"][: config.model_chunk_chars], gen)
             state.write(json.dumps({"chunk_id": c["id"], "pairs": [p._asdict() for p in pairs]}) + "\n")
             state.flush()
             report["model_chunks"] += 1

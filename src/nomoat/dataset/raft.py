@@ -6,8 +6,9 @@ and the answer ask's check accepts.
   system prompt, numbered-sources block, template and token budget.
 * The golden chunk (the one the question was made from) sits at a varying position among real distractors (the
   other hits of the search, in a seeded shuffle), so the model learns to find it, not to copy source [1].
-* A share of rows (``CurateConfig.rag_missing_share``) has the golden chunk taken out, as when search misses it;
-  their answer is ask's abstention wording, so the model learns to say so instead of inventing.
+* The golden chunk is always among the sources (put in when search missed it) except in a share of rows
+  (``CurateConfig.rag_missing_share``), whose answer is "The files do not say.": the model learns to say so
+  instead of inventing.
 * Answers are the pair's own answer, copied from the chunk, with the golden source's ``[n]``; a row is kept only if
   :func:`nomoat.answer.citations.verify` passes it, exactly as ask will check the tuned model's answers.
 """
@@ -47,11 +48,10 @@ def rag_rows(
     (the eval split's, for training rows) never become sources, so no held-out text reaches training. Rows whose
     answer fails ask's check are left out and counted in ``removed``; sources are PII-scrubbed like the pairs
     (counted in ``pii``). When search misses the golden chunk, it is put in from ``chunks`` (id -> ``{"text",
-    "path", "location"}``) as RAFT does: only the ``rag_missing_share`` rows go without it (a first version that
-    left every miss out made two rows in three "the files do not say", and the tuned model said it to everything).
-    Each row's ``meta`` gains ``question``,
-    ``answer`` (the reference, without markers), ``golden`` (its source number, or None), ``sources`` (their chunk
-    ids, in order) and ``format: "rag"``.
+    "path", "location"}``) as RAFT does, so only the ``rag_missing_share`` rows go without it (docs/benchmarks.md:
+    left out at every miss, two rows in three said "the files do not say" and so did the tuned model). Each row's
+    ``meta`` gains ``question``, ``answer`` (the reference, without markers), ``golden`` (its source number, or
+    None), ``sources`` (their chunk ids, in order) and ``format: "rag"``.
     """
     rag_config = rag_config or RagConfig()
     if retrieve is None:
@@ -78,9 +78,8 @@ def rag_rows(
         if missing or golden is None:
             hits = [h for h in hits if h["chunk_id"] != golden_id][: rag_config.k]
         else:
-            others = [h for h in hits if h["chunk_id"] != golden_id][: rag_config.k - 1]
-            hits = [*others]
-            hits.insert(rng.randrange(len(others) + 1), golden)
+            hits = [h for h in hits if h["chunk_id"] != golden_id][: rag_config.k - 1]
+            hits.insert(rng.randrange(len(hits) + 1), golden)
         messages, sources = rag.build_prompt(question, hits, model, gen, rag_config)
         n = next((i for i, s in enumerate(sources, 1) if s.get("chunk_id") == golden_id), None)
         if on_row:
