@@ -8,10 +8,7 @@ held-out perplexity; :mod:`nomoat.report` draws the HTML report.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +17,7 @@ from typing import Any
 
 from nomoat.config import DEFAULT_KB, EvalConfig
 from nomoat.errors import UserError
+from nomoat.evaluation.cache import AnswerCache, Answerer
 from nomoat.evaluation.scoring import (
     abstained,
     bootstrap_ci,
@@ -33,8 +31,6 @@ from nomoat.evaluation.scoring import (
 from nomoat.paths import read_json, write_json
 
 # -- the four configurations ------------------------------------------------------------------------
-Answerer = Callable[[str], "str | dict[str, Any]"]
-"""A configuration: question -> answer text, or ``{"answer", "citations"}`` as ``nomoat ask`` returns."""
 
 # Questions no personal knowledge base should answer: abstention is measured on these (the RAG rows should
 # decline them; plain models usually invent something).
@@ -95,45 +91,6 @@ def _question(row: dict[str, Any]) -> dict[str, Any]:
     messages, meta = row["messages"], row.get("meta") or {}
     question = meta.get("question") or messages[-2]["content"]
     return {"question": question, "answer": meta.get("answer") or messages[-1]["content"], "source": meta.get("source")}
-
-
-class AnswerCache:
-    """Generated answers by (configuration identity, question), appended to a JSONL file as they come: re-running
-    a report costs nothing, and a crash loses at most the answer in flight. ``identities`` maps a configuration
-    name to everything its answers depend on (model file, knowledge-base state, decoding settings)."""
-
-    def __init__(self, path: Path | None, identities: dict[str, str]):
-        self.path, self.identities, self.hits = path, identities, 0
-        self.entries: dict[str, dict[str, Any]] = {}
-        if path is not None and path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                with contextlib.suppress(ValueError, KeyError, TypeError):  # a torn last line from a crash
-                    entry = json.loads(line)
-                    self.entries[entry["key"]] = entry
-
-    def answer(self, name: str, question: str, ask: Answerer) -> dict[str, Any]:
-        """The cached answer, or ``ask(question)`` timed and stored: ``{"answer", "citations", "seconds"}``."""
-        key = hashlib.sha256(f"{self.identities.get(name, name)}\n{question}".encode()).hexdigest()
-        if key in self.entries:
-            self.hits += 1
-            return self.entries[key]
-        start = time.perf_counter()
-        got = ask(question)
-        got = got if isinstance(got, dict) else {"answer": got}
-        entry = {"key": key, "answer": got["answer"], "citations": got.get("citations") or [],
-                 "mode": got.get("mode"), "seconds": round(time.perf_counter() - start, 4)}  # fmt: skip
-        self.entries[key] = entry
-        if self.path is not None:
-            self._append(entry)
-        return entry
-
-    def _append(self, entry: dict[str, Any]) -> None:
-        with open(self.path, "a+b") as f:  # type: ignore[arg-type]
-            if f.tell() and (f.seek(-1, 2), f.read(1))[1] != b"\n":  # a torn line: do not glue onto it
-                f.write(b"\n")
-            f.write(json.dumps(entry, ensure_ascii=False).encode() + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
 
 
 def score(

@@ -90,7 +90,7 @@ def judge(policy: Policy, row: dict[str, Any], answer: dict[str, Any]) -> str | 
 
 def run(models: dict[str, Any], policy: Policy, gen: Any, cache: Any) -> dict[str, Any]:
     """Every row asked of every model (``{name: loaded model}``) through eval's ``cache``
-    (:class:`nomoat.evaluation.evaluate.AnswerCache`): shares per model, and per kind of attack.
+    (:class:`nomoat.evaluation.cache.AnswerCache`): shares per model, and per kind of attack.
 
     Returns ``{"topic", "prompts", "attacks", "models": {name: {"policy_refused", "model_declined",
     "false_refusals", "kinds": {kind: {"policy_refused", "model_declined", "n"}}, "passed": [ids]}}}``."""
