@@ -48,8 +48,9 @@ def chat(
     file (default: ``policy.toml`` in NOMOAT_HOME when it exists); what it did is listed under ``"policy"``.
     """
     from nomoat.answer import chat as stage
-    from nomoat.config import ChatConfig, runtime_settings
+    from nomoat.config import ChatConfig
     from nomoat.policy.rules import find
+    from nomoat.settings import runtime_settings
 
     rules = find(policy)
 
@@ -120,8 +121,9 @@ def ask(
     ``model`` None: the one ``nomoat learn`` made for ``kb``, else the bundled one. Under the owner's ``policy``
     (default: NOMOAT_HOME's ``policy.toml``) mode ``"refused"`` names its rule."""
     from nomoat.answer import rag
-    from nomoat.config import RagConfig, generation_settings, runtime_settings
+    from nomoat.config import RagConfig
     from nomoat.policy.rules import find
+    from nomoat.settings import generation_settings, runtime_settings
 
     gen = generation_settings(RagConfig().generation(), max_tokens=max_tokens, temperature=temperature, seed=seed)
     return rag.ask(question, kb, model=_model_for(model, kb), k=k, gen=gen, runtime=runtime_settings(ctx, threads),
@@ -264,8 +266,9 @@ def serve(
     from dataclasses import replace
 
     from nomoat import serving
-    from nomoat.config import ServeConfig, runtime_settings
+    from nomoat.config import ServeConfig
     from nomoat.policy.rules import find
+    from nomoat.settings import runtime_settings
 
     rules = find(policy)  # a bad policy file is a startup error
 

@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         if args.debug:
             raise
-        from nomoat.config import SettingError
+        from nomoat.settings import SettingError
 
         message = f"--{exc.param.replace('_', '-')} {exc.rule}" if isinstance(exc, SettingError) else str(exc)
         print(f"nomoat: error: {message}", file=sys.stderr)

@@ -12,8 +12,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from nomoat.config import DEFAULT_KB, ChatConfig, GenerationConfig, RagConfig, RuntimeConfig, generation_settings
+from nomoat.config import DEFAULT_KB, ChatConfig, GenerationConfig, RagConfig, RuntimeConfig
 from nomoat.errors import UserError
+from nomoat.settings import generation_settings
 
 if TYPE_CHECKING:
     from nomoat.policy.rules import Policy

@@ -12,7 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from nomoat.config import GenerationConfig, ServeConfig, SettingError, generation_settings
+from nomoat.config import GenerationConfig, ServeConfig
+from nomoat.settings import SettingError, generation_settings
 
 Int = Annotated[int, Field(strict=True)]
 Float = Annotated[float, Field(allow_inf_nan=False)]
