@@ -157,6 +157,24 @@ def test_only_lora_weights_change(dataset: Path, tiny_gguf: Path, tmp_path: Path
     assert saved and all("lora_" in k for k in saved)
 
 
+def test_lora_layers_trains_only_the_top_share_of_the_layers(dataset: Path, tiny_gguf: Path, tmp_path: Path) -> None:
+    import re
+
+    import torch
+
+    settings = tunesettings.new(dataset, str(tiny_gguf), None, 3, None, None, {"lr": 1e-2, "lora_layers": 0.5}, 1)
+    session = tune._Session.start(settings, tmp_path, training.Dist(), False, False, tune._now())
+    layers = session.model.get_base_model().config.num_hidden_layers
+    before = {n: p.detach().clone() for n, p in session.model.named_parameters()}
+    session.train(progress=False, on_step=None)
+    changed = {n for n, p in session.model.named_parameters() if not torch.equal(p, before[n])}
+    trained = {int(re.search(r"layers\.(\d+)\.", n).group(1)) for n in changed}
+    assert trained == set(range(layers - layers // 2, layers))
+    assert {int(re.search(r"layers\.(\d+)\.", k).group(1)) for k in adapter_tensors(tmp_path)} == trained
+    assert training.lora_layer_indices(30, 1 / 3) == list(range(20, 30))
+    assert training.lora_layer_indices(4, 0.01) == [3]  # never none
+
+
 def test_resume_after_ctrl_c_equals_an_uninterrupted_run(dataset: Path, tiny_gguf: Path, tmp_path: Path) -> None:
     whole = quick(dataset, tiny_gguf, tmp_path / "whole", steps=10)
 
@@ -295,6 +313,7 @@ def test_cli_reports_bad_input_in_one_line(tmp_path: Path, tiny_gguf: Path, caps
     assert err.startswith("nomoat: error:") and "line 2" in err and "Traceback" not in err
     assert main(["tune", str(tmp_path / "missing.jsonl"), "--steps", "1"]) == 1
     assert main(["tune", str(bad), "--time", "banana"]) == 1
+    assert main(["tune", str(bad), "--lora-layers", "0"]) == 1
     assert main(["tune"]) == 1
     assert "name the dataset" in capsys.readouterr().err
 

@@ -181,6 +181,7 @@ def tune(
     steps: int | None = None,
     epochs: float | None = None,
     rank: int | None = None,
+    lora_layers: float | None = None,
     lr: float | None = None,
     batch_size: int | None = None,
     max_length: int | None = None,
@@ -201,8 +202,8 @@ def tune(
     """
     from nomoat.finetune import tune as stage
 
-    overrides = {"rank": rank, "lr": lr, "batch_size": batch_size, "max_length": max_length, "precision": precision,
-                 "seed": seed}  # fmt: skip
+    overrides = {"rank": rank, "lora_layers": lora_layers, "lr": lr, "batch_size": batch_size,
+                 "max_length": max_length, "precision": precision, "seed": seed}  # fmt: skip
     return stage.run(data, model=model, time=time, steps=steps, epochs=epochs, output=output, resume=resume,
                      eval_data=eval_data, threads=threads, skip_invalid=skip_invalid, progress=progress,
                      on_step=on_step, **{k: v for k, v in overrides.items() if v is not None})  # fmt: skip

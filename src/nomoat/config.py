@@ -224,6 +224,9 @@ class TuneConfig:
     """LoRA fine-tuning (``nomoat tune``). Defaults measured on a 2-core CPU with SmolLM2-135M."""
 
     rank: int = 16
+    lora_layers: float = 1.0
+    """Share of the layers, counted from the top, that get LoRA. Below the lowest, autograd keeps no activations
+    and runs no backward, so a step costs less (measured in docs/benchmarks.md, bench/tune_layers.py)."""
     alpha: float | None = None
     """LoRA scaling numerator; default 2 x rank."""
     dropout: float = 0.0

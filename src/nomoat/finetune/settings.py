@@ -14,7 +14,18 @@ from nomoat.config import TuneConfig, parse_duration
 from nomoat.errors import UserError
 from nomoat.finetune import basemodel
 
-OVERRIDABLE = ("rank", "lr", "batch_size", "max_length", "precision", "seed", "alpha", "dropout", "sample_prompts")
+OVERRIDABLE = (
+    "rank",
+    "lora_layers",
+    "lr",
+    "batch_size",
+    "max_length",
+    "precision",
+    "seed",
+    "alpha",
+    "dropout",
+    "sample_prompts",
+)
 
 
 def new(data, model, budget_time, steps, epochs, eval_data, overrides, world) -> dict[str, Any]:
@@ -52,6 +63,7 @@ def new(data, model, budget_time, steps, epochs, eval_data, overrides, world) ->
 def _check(c: TuneConfig) -> None:
     problems = [
         (c.rank < 1, "--rank must be at least 1"),
+        (not 0 < c.lora_layers <= 1, "--lora-layers must be greater than 0 and at most 1"),
         (not c.lr > 0, "--lr must be positive"),
         (c.batch_size < 1, "--batch-size must be at least 1"),
         (c.max_length < 16, "--max-length must be at least 16"),

@@ -124,14 +124,15 @@ class CausalLoss(torch.nn.Module):
 
 
 def add_lora(model: Any, config: TuneConfig, bf16: bool) -> Any:
-    """Wrap ``model`` with LoRA on every linear projection of attention and MLP (not the LM head)."""
+    """Wrap ``model`` with LoRA on every linear projection of attention and MLP (not the LM head), in the top
+    ``config.lora_layers`` share of its layers."""
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(
         r=config.rank,
         lora_alpha=config.alpha or 2 * config.rank,
         lora_dropout=config.dropout,
-        target_modules="all-linear",
+        target_modules="all-linear" if config.lora_layers >= 1 else top_linear_modules(model, config.lora_layers),
         task_type="CAUSAL_LM",
     )
     with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in v5; nothing for users to do
@@ -142,6 +143,26 @@ def add_lora(model: Any, config: TuneConfig, bf16: bool) -> Any:
             if not p.requires_grad:
                 p.data = p.data.to(torch.bfloat16)
     return peft_model
+
+
+def lora_layer_indices(layers: int, share: float) -> list[int]:
+    """The top ``share`` of ``layers`` (at least one): training only the top ones means no gradient flows, and no
+    activation is kept, below the lowest of them."""
+    return list(range(layers - max(1, math.ceil(layers * share - 1e-9)), layers))
+
+
+def top_linear_modules(model: Any, share: float) -> list[str]:
+    """Names of the linear projections in the top ``share`` of the decoder layers (PEFT takes a layer subset only
+    with a list of module names, not with "all-linear")."""
+    import re
+
+    keep = set(lora_layer_indices(model.config.num_hidden_layers, share))
+    names = []
+    for name, module in model.named_modules():
+        layer = re.search(r"\.layers\.(\d+)\.", name)
+        if layer and int(layer.group(1)) in keep and isinstance(module, torch.nn.Linear):
+            names.append(name)
+    return names
 
 
 def trainable(model: Any) -> list[tuple[str, Any]]:
