@@ -298,6 +298,10 @@ class LearnConfig:
     """Share of the time left after ingest for model-written training pairs (``nomoat data build --time``)."""
     tune_share: float = 0.55
     """Share for ``nomoat tune --time`` (the rest, less export, goes to eval)."""
+    tune_lora_layers: float = 0.33
+    tune_lr: float = 1e-3
+    """A learn loop's tune has minutes, not hours: LoRA on the top third of the layers takes 1.9x the tokens/s,
+    and at 1e-3 the eval loss after six steps was 0.79x that of 2e-4 (bench/tune_layers.py, docs/benchmarks.md)."""
     export_s: float = 120.0
     """Planned time for the export with its parity check (the bundled model's takes about a minute here)."""
     export_quants: tuple[str, ...] = ("q8_0",)

@@ -64,7 +64,8 @@ def tune(state: State, seconds: float, config: LearnConfig, progress: bool) -> d
         # no side-by-side samples at the end: eval compares the models properly, and on RAG rows the samples'
         # generation took a fifth of a 30-minute loop's tune (docs/benchmarks.md)
         summary = stage.run(state["stages"]["data"]["data"], model=state["model"], time=seconds, output=run_dir,
-                            progress=progress, sample_prompts=0)  # fmt: skip
+                            progress=progress, sample_prompts=0, lora_layers=config.tune_lora_layers,
+                            lr=config.tune_lr)  # fmt: skip
     if summary["status"] != "complete":
         raise KeyboardInterrupt  # tune stopped cleanly on Ctrl-C: so does the loop
     return {"run": str(run_dir), "steps": summary["steps"], "eval_loss": [summary.get("eval_loss_start"),
