@@ -31,6 +31,11 @@ class RuntimeConfig:
     """Prompt tokens processed per llama.cpp decode call."""
     seed: int = 0
     """Sampling seed; the same seed and prompt give the same text."""
+    lookup_tokens: int = 0
+    """Prompt-lookup speculative decoding: up to this many tokens drafted by copying what followed the text's
+    last n-gram in the prompt, checked in one decode (0 = off). The answer is the same token for token."""
+    lookup_ngram: int = 3
+    """Longest n-gram lookup matches (it falls back to shorter ones, down to one token)."""
 
 
 @dataclass

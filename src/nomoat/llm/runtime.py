@@ -19,6 +19,8 @@ from typing import Any
 
 from nomoat.config import GenerationConfig, RuntimeConfig
 from nomoat.errors import ModelError, UserError
+from nomoat.llm import lookup
+from nomoat.llm.lookup import Drafting
 from nomoat.llm.models import ModelRef, resolve
 from nomoat.llm.templates import CHATML_TEMPLATE, Message, compile_template, defuse, render_template
 
@@ -34,6 +36,7 @@ class Generation:
     completion_tokens: int = 0
     finish_reason: str | None = None  # "stop" | "length" | None while running
     notices: list[str] = field(default_factory=list)
+    drafting: Drafting = field(default_factory=Drafting)  # decode calls and lookup drafts (bench reads it)
 
     def __iter__(self) -> Iterator[str]:
         return self.pieces
@@ -196,14 +199,14 @@ class Model:
         hold = max((len(s) for s in stops), default=1) - 1  # chars held back in case a stop string is forming
         pending = ""
         vocab = llama._model.vocab
-        tokens = llama.generate(
-            prompt,
-            temp=gen.temperature,
-            top_k=gen.top_k,
-            top_p=gen.top_p,
-            min_p=0.0,
-            repeat_penalty=gen.repeat_penalty,
-        )
+        sampling = {"temp": gen.temperature, "top_k": gen.top_k, "top_p": gen.top_p, "min_p": 0.0,
+                    "repeat_penalty": gen.repeat_penalty}  # fmt: skip
+        if self.config.lookup_tokens > 0:
+            config = self.config
+            tokens = lookup.generate(llama, prompt, sampling, draft_tokens=config.lookup_tokens,
+                                     max_n=config.lookup_ngram, max_new=max_new, stats=result.drafting)  # fmt: skip
+        else:
+            tokens = llama.generate(prompt, **sampling)
         result.finish_reason = "length"
         with contextlib.closing(tokens):
             for token in tokens:
@@ -211,6 +214,8 @@ class Model:
                     result.finish_reason = "stop"
                     break
                 result.completion_tokens += 1
+                if not self.config.lookup_tokens:
+                    result.drafting.steps += 1
                 pending += decoder.decode(llama.detokenize([token]))
                 cut = _find_stop(pending, stops)
                 if cut is not None:
@@ -370,7 +375,8 @@ def load(model: str | Path | ModelRef | None = None, config: RuntimeConfig | Non
     ref = model if isinstance(model, ModelRef) else resolve(model)
     config = config or RuntimeConfig()
     stat = ref.path.stat()
-    key = (str(ref.path), stat.st_size, stat.st_mtime_ns, config.n_ctx, config.n_threads, config.n_batch)
+    key = (str(ref.path), stat.st_size, stat.st_mtime_ns, config.n_ctx, config.n_threads, config.n_batch,
+           config.lookup_tokens, config.lookup_ngram)  # fmt: skip
     with _cache_lock:
         if key not in _cache:
             _cache[key] = Model(ref, replace(config))

@@ -1,0 +1,187 @@
+"""`ask` on a real knowledge base, plain decoding vs prompt-lookup decoding, side by side in one run.
+
+    python -u bench/answers.py [--limit 20] [--lookup 10] [--threads N] [--kb gitdoc] [--warm]
+
+The questions are bench/questions/git_doc.jsonl's answerable ones; the KB is Debian's git-doc (bench/corpus.py)
+ingested as ``gitdoc`` under bench/.cache/nomoat-home (done on the first run). One model is loaded once; each
+question goes through the whole of ``rag.ask`` (retrieval, prompt, generation, citation check) once per side,
+the sides alternating first place question by question so machine noise hits both alike. Before every answer
+the KV cache is emptied (a fresh ``nomoat ask`` process has none), unless ``--warm``: then each side keeps the
+cache its previous question left, as in one chat/eval/serve process, and gets its own model so the other side's
+cache is never reused.
+
+Prints, per side: p50/p95 end-to-end latency of ``ask``, p50 time to first token (the prompt's prefill), decode
+tok/s (tokens after the first over the time after the first), tokens per decode call (1 + accepted drafts), the
+share of drafted tokens accepted, and how many answers are identical to the plain side's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from corpus import CACHE, git_doc_html  # noqa: E402
+
+QUESTIONS = HERE / "questions" / "git_doc.jsonl"
+
+
+@dataclass
+class Run:
+    latency: float  # whole ask(), seconds
+    ttft: float  # chat() called -> first text piece
+    decode_tok_s: float
+    tokens: int
+    steps: int
+    drafted: int
+    accepted: int
+    answer: str
+    mode: str
+
+
+class Timed:
+    """The loaded model with its ``chat`` timed: when it was called, when its first piece came, its counters."""
+
+    def __init__(self, model: Any):
+        self.model = model
+        self.called = self.first = self.last = 0.0
+        self.generation: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+    def chat(self, messages: Any, gen: Any = None, **kw: Any) -> Any:
+        self.called, self.first = time.perf_counter(), 0.0
+        generation = self.generation = self.model.chat(messages, gen, **kw)
+        pieces = generation.pieces
+
+        def timed() -> Any:
+            for piece in pieces:
+                self.first = self.first or time.perf_counter()
+                yield piece
+            self.last = time.perf_counter()
+
+        generation.pieces = timed()
+        return generation
+
+
+def ensure_kb(kb: str) -> None:
+    """Ingest git-doc into ``kb`` under NOMOAT_HOME unless it is there already."""
+    from nomoat.paths import kb_path
+
+    if kb_path(kb).exists():
+        return
+    corpus = Path(tempfile.mkdtemp(prefix="nomoat-gitdoc-")) / "html"
+    shutil.copytree(git_doc_html()[0].parent, corpus)
+    try:
+        subprocess.run([sys.executable, "-m", "nomoat", "ingest", str(corpus), "--kb", kb, "--json"], check=True)
+    finally:
+        shutil.rmtree(corpus.parent, ignore_errors=True)
+
+
+def ask_once(timed: Timed, question: str, kb: str, lookup: int, warm: bool) -> Run:
+    from nomoat.answer import rag
+
+    timed.model.config.lookup_tokens = lookup
+    if not warm:
+        timed.model.llama.reset()
+    start = time.perf_counter()
+    timed.generation = None
+    result = rag.ask(question, kb, model=timed)
+    latency = time.perf_counter() - start
+    g = timed.generation
+    if g is None:  # abstained before generating
+        return Run(latency, float("nan"), float("nan"), 0, 0, 0, 0, result["answer"], result["mode"])
+    decode = (g.completion_tokens - 1) / (timed.last - timed.first) if g.completion_tokens > 1 else float("nan")
+    d = g.drafting
+    return Run(latency, timed.first - timed.called, decode, g.completion_tokens, d.steps, d.drafted, d.accepted,
+               result["answer"], result["mode"])  # fmt: skip
+
+
+@dataclass
+class Side:
+    name: str
+    lookup: int
+    runs: list[Run] = field(default_factory=list)
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(v for v in values if v == v)
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))] if values else float("nan")
+
+
+def main() -> None:
+    from nomoat.config import RuntimeConfig
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--limit", type=int, default=20, help="answerable questions asked (default 20)")
+    ap.add_argument("--lookup", default="1,4", help="draft tokens of each lookup side, comma-separated (default 1,4)")
+    ap.add_argument("--threads", type=int, default=RuntimeConfig().n_threads)
+    ap.add_argument("--kb", default="gitdoc")
+    ap.add_argument("--warm", action="store_true", help="keep each side's KV cache between questions")
+    ap.add_argument("--json", type=Path, help="also write every run here")
+    args = ap.parse_args()
+    os.environ.setdefault("NOMOAT_HOME", str(CACHE / "nomoat-home"))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    ensure_kb(args.kb)
+
+    from nomoat.llm import runtime
+    from nomoat.llm.models import resolve
+
+    rows = [json.loads(line) for line in QUESTIONS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    questions = [r["question"] for r in rows if r.get("gold")][: args.limit]
+    config = RuntimeConfig(n_threads=args.threads)
+    plain_model = runtime.Model(resolve("default"), replace(config))
+    sides = [Side("plain", 0), *(Side(f"lookup {n}", int(n)) for n in args.lookup.split(","))]
+
+    def model_for(side: Side) -> Any:  # --warm: a model per side, so no side reuses another's cache
+        return runtime.Model(resolve("default"), replace(config)) if args.warm and side.lookup else plain_model
+
+    models = {side.name: Timed(model_for(side)) for side in sides}
+    for side in sides:  # warm-up: page in weights and the embedder, build kernels' buffers
+        ask_once(models[side.name], questions[0], args.kb, side.lookup, warm=False)
+    for i, question in enumerate(questions):
+        for side in sides if i % 2 == 0 else sides[::-1]:
+            side.runs.append(ask_once(models[side.name], question, args.kb, side.lookup, args.warm))
+        runs = [s.runs[-1] for s in sides]
+        cells = " ".join(f"{r.latency:6.2f}s {'=' if r.answer == runs[0].answer else 'DIFF'}" for r in runs[1:])
+        print(f"{i + 1:3} {runs[0].latency:6.2f}s {cells}  {runs[0].mode:10} {question[:50]}", flush=True)
+
+    print(f"\nmodel={plain_model.name} threads={args.threads} questions={len(questions)} "
+          f"cache={'warm (kept between questions)' if args.warm else 'cold (reset before each answer)'}")  # fmt: skip
+    head = ("side", "p50 s", "p95 s", "TTFT p50", "decode tok/s", "tok/step", "accepted", "same answer")
+    print(f"{head[0]:12}" + "".join(f"{h:>13}" for h in head[1:]))
+    plain = sides[0].runs
+    for side in sides:
+        gen = [r for r in side.runs if r.tokens]
+        latency = [r.latency for r in side.runs]
+        steps, drafted = sum(r.steps for r in gen), sum(r.drafted for r in gen)
+        same = sum(r.answer == p.answer and r.mode == p.mode for r, p in zip(side.runs, plain, strict=True))
+        cells = [
+            f"{pct(latency, 0.5):.2f}",
+            f"{pct(latency, 0.95):.2f}",
+            f"{pct([r.ttft for r in gen], 0.5):.2f}",
+            f"{statistics.median(r.decode_tok_s for r in gen):.1f}",
+            f"{sum(r.tokens for r in gen) / max(steps, 1):.2f}",
+            f"{sum(r.accepted for r in gen) / drafted:.0%}" if drafted else "-",
+            f"{same}/{len(side.runs)}",
+        ]
+        print(f"{side.name:12}" + "".join(f"{c:>13}" for c in cells))
+    if args.json:
+        args.json.write_text(json.dumps({s.name: [r.__dict__ for r in s.runs] for s in sides}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
