@@ -49,7 +49,7 @@ def test_lookup_drafts_from_the_sources_and_starts_like_plain(question: str) -> 
     # Not asserted: token-identical text. llama.cpp's CPU kernels give a token decoded inside a batch slightly
     # different logits than decoded alone (docs/benchmarks.md), so greedy lookup can pick another token where two
     # are nearly tied; the tiny model's test (tests/test_speculative.py) checks the acceptance rule exactly.
-    assert all(tokens[:3] == plain[:3] for tokens, _ in answers.values())  # the same start: the same argmax rule
+    assert all(tokens[:1] == plain[:1] for tokens, _ in answers.values())  # decoded from the same prompt logits
     drafting = answers[10][1]
     assert drafting.accepted > 0  # the answer copied from the sources and lookup saved decode calls
     assert drafting.steps < len(plain)
