@@ -33,7 +33,8 @@ class RuntimeConfig:
     """Sampling seed; the same seed and prompt give the same text."""
     lookup_tokens: int = 0
     """Prompt-lookup speculative decoding: up to this many tokens drafted by copying what followed the text's
-    last n-gram in the prompt, checked in one decode (0 = off). The answer is the same token for token."""
+    last n-gram in the prompt, checked in one decode (0 = off). Off: on 2 cores it was no faster, and llama.cpp's
+    batched kernels give slightly different logits, so answers can differ (docs/benchmarks.md)."""
     lookup_ngram: int = 3
     """Longest n-gram lookup matches (it falls back to shorter ones, down to one token)."""
 

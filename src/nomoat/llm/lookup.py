@@ -6,8 +6,10 @@ often right for several tokens, and one llama.cpp decode of ``1 + k`` tokens cos
 decodes of one token on a CPU (Saxena 2023, https://github.com/apoorvumang/prompt-lookup-decoding; llama.cpp's
 ``lookup`` example). Acceptance is exact: at each drafted position the sampler draws from the model's own
 logits, exactly as plain decoding would, and the draft is kept only while it equals what was drawn. The sampler
-(penalties, greedy or seeded randomness) sees the same calls in the same order as without lookup, so greedy and
-seeded answers are token-identical with and without it, not just equal in distribution.
+(penalties, greedy or seeded randomness) sees the same calls in the same order as without lookup, so with the
+same logits greedy and seeded answers are token-identical (the tiny model's test). llama.cpp's CPU kernels,
+though, give a token decoded inside a batch slightly different logits than decoded alone, so on a real model a
+near tie can go the other way (measured in docs/benchmarks.md; the reason lookup is off by default).
 
 llama-cpp-python's own ``Llama(draft_model=LlamaPromptLookupDecoding())`` verifies the same way but forces
 ``logits_all=True``: logits for every prompt token too (the output layer is a fifth of this 135M model) and an

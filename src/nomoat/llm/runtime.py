@@ -214,8 +214,6 @@ class Model:
                     result.finish_reason = "stop"
                     break
                 result.completion_tokens += 1
-                if not self.config.lookup_tokens:
-                    result.drafting.steps += 1
                 pending += decoder.decode(llama.detokenize([token]))
                 cut = _find_stop(pending, stops)
                 if cut is not None:
@@ -227,6 +225,8 @@ class Model:
                     yield out
                 if result.completion_tokens >= max_new:
                     break
+        if not self.config.lookup_tokens:
+            result.drafting.steps = result.completion_tokens  # plain decoding: one decode per token
         pending += decoder.decode(b"", final=True)
         if pending:
             yield pending
