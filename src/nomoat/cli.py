@@ -129,7 +129,7 @@ def cmd_learn(args: argparse.Namespace) -> None:
 
 def cmd_tune(args: argparse.Namespace) -> None:
     from nomoat import api
-    from nomoat.finetune.tune import format_summary
+    from nomoat.finetune.runs import format_summary
 
     _emit(args, _call(api.tune, args, progress=True), format_summary)
 

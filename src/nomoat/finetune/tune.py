@@ -400,21 +400,3 @@ class _Session:
 
             if torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
-
-
-def format_summary(s: dict[str, Any]) -> str:
-    """The human-readable end of a run."""
-    minutes, seconds = divmod(int(s["seconds"]), 60)
-    lines = [
-        f"run: {s['run']}",
-        f"{s['status']} ({s['stop_reason']}): {s['steps']}/{s['planned_steps'] or '?'} steps, "
-        f"{s['tokens']:,} tokens at {s['train_tok_s'] or 0:.0f} tok/s ({s['precision']}), {minutes}m {seconds}s",
-    ]
-    if s["eval_loss_start"] is not None:
-        lines.append(f"eval loss: {s['eval_loss_start']:.4f} -> {s['eval_loss_end']:.4f}")
-    lines.append(f"adapter: {s['adapter']}")
-    if s["status"] != "complete":
-        lines.append(f"continue with: nomoat tune --resume {s['run']}")
-    for sample in s["samples"]:
-        lines += [f"\nQ: {sample['prompt']}", f"  base:  {sample['base']}", f"  tuned: {sample['tuned']}"]
-    return "\n".join(lines)
