@@ -222,6 +222,33 @@ def test_facts_and_their_matching() -> None:
     assert facts("see git-log(1) for port 80") == ["git-log(1)", "80"]  # a man page name, not a "1"
 
 
+MERGE_MD = (
+    "--no-ff: Create a merge commit in all cases, even when the merge could be resolved as a fast-forward.\n"
+    "--no-stat: Do not show a diffstat at the end of the merge."
+)
+
+
+@pytest.mark.parametrize(
+    ("answer", "mode"),
+    [
+        ("It creates a merge commit in all cases [1].", "generated"),  # the quote states --no-ff
+        ("Use --no-ff to always create a merge commit [1].", "generated"),
+        ("--no-stat does not show a diffstat at the end of the merge [1].", "extractive"),  # the neighbour
+    ],
+)
+def test_an_answer_about_another_option_than_the_one_asked_fails(answer: str, mode: str) -> None:
+    result, _ = ask("What does --no-ff do when merging?", answer, hit("merge.html", MERGE_MD))
+    assert result["mode"] == mode
+    if mode == "extractive":
+        assert result["fallback_reason"] == "the answer does not address '--no-ff', which the question asks about"
+        assert "--no-ff" in result["answer"]
+
+
+def test_a_question_fact_no_source_holds_is_not_required() -> None:
+    verdict = citations.verify("Use --no-stat [1].", "Is --quiet or --no-stat shorter?", [hit("m.html", MERGE_MD)])
+    assert verdict.passed  # --quiet is in no source; --no-stat is asked and answered
+
+
 # -- abstention -----------------------------------------------------------------------------------------------
 def test_abstains_below_threshold_without_calling_the_model() -> None:
     weak = hit("cache.md", CACHE_MD, cosine=0.12)

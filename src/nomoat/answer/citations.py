@@ -232,6 +232,9 @@ def verify(
     4. The answer must share a term with the question or state a fact, and each citation gets a quote
        (:func:`best_quote`); citations whose quote shares nothing with the answer are dropped, and some quote
        must share a term with the question, so an answer lifted from an off-topic passage ("PWNED") fails.
+    5. When the question names facts the sources hold (an option, a file, a number: ``--no-ff``), the answer or
+       a quote supporting it must state one of them: a grounded answer about the neighbouring option
+       ("--no-stat" for a question on "--no-ff") answers another question.
 
     Returns a :class:`Verdict`: the answer and its citations when it passes, else the reason it failed.
     """
@@ -279,6 +282,9 @@ def verify(
         text = re.sub(rf"\s?\[{n}\]", "", text)
     if not any(set(terms(quotes[n])) & question_terms for n in scope):
         return Verdict(reason="the supporting text does not address the question")
+    asked = [f for f in facts(question) if any(occurs(f, s["text"]) for s in sources)]
+    if asked and not any(occurs(f, piece) for f in asked for piece in [body, *(quotes[n] for n in scope)]):
+        return Verdict(reason=f"the answer does not address {asked[0]!r}, which the question asks about")
     if added and not cited:
         marks = "".join(f"[{n}]" for n in added)
         text = re.sub(r"([.!?]?)\s*$", lambda m: f" {marks}{m.group(1)}", text, count=1)
