@@ -1,6 +1,7 @@
-"""`ask` on a real knowledge base, plain decoding vs prompt-lookup decoding, side by side in one run.
+"""`ask` on a real knowledge base, side by side in one run: plain vs prompt-lookup decoding, or serving formats.
 
-    python -u bench/answers.py [--limit 20] [--lookup 10] [--threads N] [--kb gitdoc] [--warm]
+    python -u bench/answers.py [--limit 20] [--lookup 1,4] [--threads N] [--kb gitdoc] [--warm]
+    python -u bench/answers.py --formats [--limit 20]   # the bundled Q4_1 as shipped vs its served Q8_0 copy
 
 The questions are bench/questions/git_doc.jsonl's answerable ones; the KB is Debian's git-doc (bench/corpus.py)
 ingested as ``gitdoc`` under bench/.cache/nomoat-home (done on the first run). One model is loaded once; each
@@ -8,7 +9,8 @@ question goes through the whole of ``rag.ask`` (retrieval, prompt, generation, c
 the sides alternating first place question by question so machine noise hits both alike. Before every answer
 the KV cache is emptied (a fresh ``nomoat ask`` process has none), unless ``--warm``: then each side keeps the
 cache its previous question left, as in one chat/eval/serve process, and gets its own model so the other side's
-cache is never reused.
+cache is never reused. With ``--formats`` the sides are the bundled model's file as shipped and the copy
+:mod:`nomoat.llm.formats` serves (both plain decoding, each its own model).
 
 Prints, per side: p50/p95 end-to-end latency of ``ask``, p50 time to first token (the prompt's prefill), decode
 tok/s (tokens after the first over the time after the first), tokens per decode call (1 + accepted drafts), the
@@ -114,6 +116,7 @@ def ask_once(timed: Timed, question: str, kb: str, lookup: int, warm: bool) -> R
 class Side:
     name: str
     lookup: int
+    fast_format: bool = False
     runs: list[Run] = field(default_factory=list)
 
 
@@ -132,6 +135,7 @@ def main() -> None:
     ap.add_argument("--kb", default="gitdoc")
     ap.add_argument("--warm", action="store_true", help="keep each side's KV cache between questions")
     ap.add_argument("--json", type=Path, help="also write every run here")
+    ap.add_argument("--formats", action="store_true", help="compare the shipped Q4_1 with its served copy instead")
     args = ap.parse_args()
     os.environ.setdefault("NOMOAT_HOME", str(CACHE / "nomoat-home"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -142,12 +146,17 @@ def main() -> None:
 
     rows = [json.loads(line) for line in QUESTIONS.read_text(encoding="utf-8").splitlines() if line.strip()]
     questions = [r["question"] for r in rows if r.get("gold")][: args.limit]
-    config = RuntimeConfig(n_threads=args.threads)
+    config = RuntimeConfig(n_threads=args.threads, fast_format=False)
     plain_model = runtime.Model(resolve("default"), replace(config))
-    sides = [Side("plain", 0), *(Side(f"lookup {n}", int(n)) for n in args.lookup.split(","))]
+    if args.formats:
+        sides = [Side("as shipped", 0), Side("served", 0, fast_format=True)]
+    else:
+        sides = [Side("plain", 0), *(Side(f"lookup {n}", int(n)) for n in args.lookup.split(","))]
 
     def model_for(side: Side) -> Any:  # --warm: a model per side, so no side reuses another's cache
-        return runtime.Model(resolve("default"), replace(config)) if args.warm and side.lookup else plain_model
+        if side.fast_format or (args.warm and side.lookup):
+            return runtime.Model(resolve("default"), replace(config, fast_format=side.fast_format))
+        return plain_model
 
     models = {side.name: Timed(model_for(side)) for side in sides}
     for side in sides:  # warm-up: page in weights and the embedder, build kernels' buffers
@@ -159,7 +168,8 @@ def main() -> None:
         cells = " ".join(f"{r.latency:6.2f}s {'=' if r.answer == runs[0].answer else 'DIFF'}" for r in runs[1:])
         print(f"{i + 1:3} {runs[0].latency:6.2f}s {cells}  {runs[0].mode:10} {question[:50]}", flush=True)
 
-    print(f"\nmodel={plain_model.name} threads={args.threads} questions={len(questions)} "
+    files = ", ".join(f"{s.name}={models[s.name].model.path.name}" for s in sides)
+    print(f"\nmodel={plain_model.name} ({files}) threads={args.threads} questions={len(questions)} "
           f"cache={'warm (kept between questions)' if args.warm else 'cold (reset before each answer)'}")  # fmt: skip
     head = ("side", "p50 s", "p95 s", "TTFT p50", "decode tok/s", "tok/step", "accepted", "same answer")
     print(f"{head[0]:12}" + "".join(f"{h:>13}" for h in head[1:]))

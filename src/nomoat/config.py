@@ -37,6 +37,9 @@ class RuntimeConfig:
     batched kernels give slightly different logits, so answers can differ (docs/benchmarks.md)."""
     lookup_ngram: int = 3
     """Longest n-gram lookup matches (it falls back to shorter ones, down to one token)."""
+    fast_format: bool = True
+    """Serve a model whose weight format is slow on this CPU (Q4_1 on x86, the bundled model's) from a copy
+    requantized once to a faster one (Q8_0: 1.4x prefill, same answers; :mod:`nomoat.llm.formats`)."""
 
 
 @dataclass

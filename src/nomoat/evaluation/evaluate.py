@@ -239,7 +239,7 @@ def perplexity(model: Any, text: str, window: int = 512, windows: int = 4) -> fl
         return None
     parts = [tokens[i : i + window] for i in range(0, len(tokens), window)]
     parts = [p for p in parts if len(p) >= 2]
-    nll = [math.log(runtime.perplexity(model.ref.path, p, decode_tokens=0)["ppl"]) * (len(p) - 1) for p in parts]
+    nll = [math.log(runtime.perplexity(model.path, p, decode_tokens=0)["ppl"]) * (len(p) - 1) for p in parts]
     return math.exp(sum(nll) / sum(len(p) - 1 for p in parts))
 
 
@@ -346,9 +346,9 @@ def _evaluate(asked: list[dict[str, Any]], refs: dict[str, Any], kb: str | None,
         with store.connect(kb) as conn:
             kb_state = store.state(conn)
     identities = {}
-    for name, ref in refs.items():
-        stat = ref.path.stat()
-        model_id = f"{ref.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{greedy}"
+    for name, model in loaded.items():  # the file that answers: a faster copy of a slow format (llm.formats)
+        stat = model.path.stat()
+        model_id = f"{model.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{greedy}"
         identities |= {name: model_id, f"{name}+RAG": f"{model_id}:{kb}:{kb_state}"}
 
     def chunk_texts(ids: list[int]) -> dict[int, str]:

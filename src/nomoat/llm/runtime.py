@@ -19,7 +19,7 @@ from typing import Any
 
 from nomoat.config import GenerationConfig, RuntimeConfig
 from nomoat.errors import ModelError, UserError
-from nomoat.llm import lookup
+from nomoat.llm import formats, lookup
 from nomoat.llm.lookup import Drafting
 from nomoat.llm.models import ModelRef, resolve
 from nomoat.llm.templates import CHATML_TEMPLATE, Message, compile_template, defuse, render_template
@@ -59,7 +59,8 @@ class Model:
         self.n_ctx = min(self.config.n_ctx, int(trained_ctx))
         # Our sandboxed compile first: its error names the template; llama.cpp's loader would fail less clearly.
         self.template = compile_template(self.header.metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE)
-        self.llama = _load_llama(ref.path, self.config, self.n_ctx)
+        self.path = formats.served_path(ref.path, self.config.fast_format)  # the file llama.cpp runs
+        self.llama = _load_llama(self.path, self.config, self.n_ctx)
         self.lock = threading.Lock()
         self.bos = self._token_text(self.llama.token_bos())
         self.eos = self._token_text(self.llama.token_eos())
@@ -376,7 +377,7 @@ def load(model: str | Path | ModelRef | None = None, config: RuntimeConfig | Non
     config = config or RuntimeConfig()
     stat = ref.path.stat()
     key = (str(ref.path), stat.st_size, stat.st_mtime_ns, config.n_ctx, config.n_threads, config.n_batch,
-           config.lookup_tokens, config.lookup_ngram)  # fmt: skip
+           config.lookup_tokens, config.lookup_ngram, config.fast_format)  # fmt: skip
     with _cache_lock:
         if key not in _cache:
             _cache[key] = Model(ref, replace(config))
