@@ -358,6 +358,8 @@ class ServeConfig:
     backend_timeout: float = 120.0
     """Seconds the backend may stay silent (before its first token too) before the request fails with 504."""
     backend_connect_timeout: float = 5.0  # seconds to open a connection to the backend
+    backend_parallel: int = 8
+    """Generations sent to the backend at once (it batches them); more wait in the queue (``max_queue``)."""
 
 
 @dataclass

@@ -196,5 +196,7 @@ def serve(p: argparse.ArgumentParser, c: Any) -> None:
     p.add_argument("--backend-model", metavar="NAME", help="the backend's model id (default: the one it serves)")
     p.add_argument("--backend-timeout", type=float, metavar="SECONDS", help="longest silence from the backend "
                    f"before a request fails with 504 (default {s.backend_timeout:g})")  # fmt: skip
+    p.add_argument("--backend-parallel", type=int, metavar="N", help="generations sent to the backend at once "
+                   f"(default {s.backend_parallel}; more wait, see --max-queue)")  # fmt: skip
     _policy_flag(p, c)
     _add_model_flags(p, c)

@@ -84,21 +84,24 @@ class BackendModel:
     """A model behind an OpenAI-compatible URL, used like a loaded :class:`nomoat.llm.runtime.Model`.
 
     ``model_id`` is what the backend calls it (sent in every request); ``name`` is what nomoat's clients see
-    and send. ``lock`` serialises nothing: the backend schedules concurrent requests itself.
+    and send. ``lock`` serialises nothing: the backend schedules concurrent requests itself, and the server
+    admits up to ``parallel`` of them at once.
     """
 
     def __init__(self, url: str, model_id: str, *, n_ctx: int, key: str | None = None, connect_timeout: float = 5.0,
-                 read_timeout: float = 120.0, name: str | None = None) -> None:  # fmt: skip
+                 read_timeout: float = 120.0, name: str | None = None, parallel: int = 8) -> None:  # fmt: skip
         import httpx
 
         self.url, self.model_id, self.n_ctx = url, model_id, n_ctx
         self.name = name or shown_name(model_id)
         self.lock = contextlib.nullcontext()
+        self.parallel = parallel  # generations sent at once (serving/gate.py); the backend batches them
         self.read_timeout = read_timeout
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
         # read = the longest silence between two bytes: prompt processing before the first token counts.
         timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=30.0, pool=connect_timeout)
-        self._client = httpx.Client(timeout=timeout, follow_redirects=False)
+        limits = httpx.Limits(max_connections=parallel + 4, max_keepalive_connections=parallel)
+        self._client = httpx.Client(timeout=timeout, limits=limits, follow_redirects=False)
 
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
         """Placeholder ids, as many as :func:`estimate_tokens` counts: rag only ever counts them."""
@@ -267,7 +270,7 @@ def backend_key() -> str | None:
 
 # -- at startup ---------------------------------------------------------------------------------------------------
 def connect(url: str, model: str | None = None, *, n_ctx: int, connect_timeout: float = 5.0,
-            read_timeout: float = 120.0) -> BackendModel:  # fmt: skip
+            read_timeout: float = 120.0, parallel: int = 8) -> BackendModel:  # fmt: skip
     """The backend's model, checked once before the server starts: reachable, the key accepted, the model served.
 
     ``model`` may be left out when the backend serves exactly one. The context nomoat sizes prompts for is
@@ -289,7 +292,7 @@ def connect(url: str, model: str | None = None, *, n_ctx: int, connect_timeout: 
     if isinstance(longest, int) and longest > 0:
         n_ctx = min(n_ctx, longest)
     return BackendModel(base, model, n_ctx=n_ctx, key=key, connect_timeout=connect_timeout,
-                        read_timeout=read_timeout)  # fmt: skip
+                        read_timeout=read_timeout, parallel=parallel)  # fmt: skip
 
 
 def _models(base: str, key: str | None, timeout: float) -> list[dict[str, Any]]:
