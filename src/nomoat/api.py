@@ -257,17 +257,23 @@ def serve(
     threads: int | None = None,
     on_ready: Callable[[str], None] | None = None,
     policy: str | Path | Policy | None = None,
+    backend_url: str | None = None,
+    backend_model: str | None = None,
+    backend_timeout: float | None = None,
+    backend_parallel: int | None = None,
 ) -> None:
     """``nomoat serve``: the OpenAI-compatible API and web UI, until interrupted. ``on_ready(url)`` is called once
     the model is loaded and the port is open. Every answer is held to the owner's ``policy`` (default:
     NOMOAT_HOME's ``policy.toml`` when it exists), streamed ones too; refusals are logged with their rule.
     Requests need a key: ``api_key_file``, ``api_key``, ``$NOMOAT_API_KEY``, else a random token (in the URL,
     and in ``$NOMOAT_HOME/serve.token``); ``no_auth`` for none (loopback only). ``kb``: the knowledge base(s)
-    served, the first behind ``nomoat-rag``."""
+    served, the first behind ``nomoat-rag``. ``backend_url``: generate with that OpenAI-compatible server
+    (``backend_model`` on it; its key from ``$NOMOAT_BACKEND_KEY``) instead of a local model."""
     from dataclasses import replace
 
     from nomoat import serving
     from nomoat.config import ServeConfig
+    from nomoat.errors import UserError
     from nomoat.policy.rules import find
     from nomoat.settings import runtime_settings
 
@@ -275,11 +281,15 @@ def serve(
 
     kbs = [kb] if isinstance(kb, str) else list(kb or [])
     given = {"host": host, "port": port, "api_key": api_key, "api_key_file": api_key_file, "max_queue": max_queue,
-             "kb": kbs[0] if kbs else None, "kbs": tuple(kbs[1:])}  # fmt: skip
+             "kb": kbs[0] if kbs else None, "kbs": tuple(kbs[1:]), "backend_url": backend_url,
+             "backend_model": backend_model, "backend_timeout": backend_timeout,
+             "backend_parallel": backend_parallel}  # fmt: skip
     config = replace(ServeConfig(), no_auth=no_auth, **{k: v for k, v in given.items() if v is not None})
     config.allow_hosts, config.cors_origins = tuple(allow_host), tuple(cors_origin)
-    serving.run(config, model=_model_for(model, config.kb), runtime=runtime_settings(ctx, threads), on_ready=on_ready,
-                policy=rules)  # fmt: skip
+    if backend_url is not None and model is not None:
+        raise UserError("--model and --backend-url exclude each other: the backend's model is --backend-model")
+    chosen = None if backend_url is not None else _model_for(model, config.kb)
+    serving.run(config, model=chosen, runtime=runtime_settings(ctx, threads), on_ready=on_ready, policy=rules)
 
 
 def learn(

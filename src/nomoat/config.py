@@ -353,6 +353,16 @@ class ServeConfig:
     header_timeout: float = 10.0  # seconds to send a request's headers (from connecting, or from its first byte)
     body_timeout: float = 30.0  # seconds to send the whole body, once the headers are in
     keep_alive: float = 5.0  # seconds an idle keep-alive connection stays open between requests
+    backend_url: str | None = None
+    """An OpenAI-compatible server that generates instead of the local model (``http(s)://host:port/v1``);
+    retrieval, prompts, the answer check and embeddings stay here. Its key: ``$NOMOAT_BACKEND_KEY``."""
+    backend_model: str | None = None
+    """The backend's model id; may be left out when the backend serves exactly one."""
+    backend_timeout: float = 120.0
+    """Seconds the backend may stay silent (before its first token too) before the request fails with 504."""
+    backend_connect_timeout: float = 5.0  # seconds to open a connection to the backend
+    backend_parallel: int = 8
+    """Generations sent to the backend at once (it batches them); more wait in the queue (``max_queue``)."""
 
 
 @dataclass

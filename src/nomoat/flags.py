@@ -190,5 +190,13 @@ def serve(p: argparse.ArgumentParser, c: Any) -> None:
                    help="let web pages from this origin call the API (repeatable; default: none)")  # fmt: skip
     p.add_argument("--max-queue", type=int, help=f"requests that may wait for the busy model (default "
                    f"{s.max_queue}; more get 429)")  # fmt: skip
+    p.add_argument("--backend-url", metavar="URL", help="generate with this OpenAI-compatible server (vLLM, "
+                   "llama.cpp, Ollama: e.g. http://127.0.0.1:8000/v1) instead of the local model; retrieval and "
+                   "the answer check stay here; its key from $NOMOAT_BACKEND_KEY")  # fmt: skip
+    p.add_argument("--backend-model", metavar="NAME", help="the backend's model id (default: the one it serves)")
+    p.add_argument("--backend-timeout", type=float, metavar="SECONDS", help="longest silence from the backend "
+                   f"before a request fails with 504 (default {s.backend_timeout:g})")  # fmt: skip
+    p.add_argument("--backend-parallel", type=int, metavar="N", help="generations sent to the backend at once "
+                   f"(default {s.backend_parallel}; more wait, see --max-queue)")  # fmt: skip
     _policy_flag(p, c)
     _add_model_flags(p, c)

@@ -1,11 +1,18 @@
-"""`nomoat serve` with the bundled model, driven by the official `openai` client over a real socket."""
+"""`nomoat serve` with the bundled model, driven by the official `openai` client over a real socket.
+
+Every test that talks to a server runs twice: against nomoat's own engine ("local"), and against
+`nomoat serve --backend-url` in front of llama-cpp-python's OpenAI server on the same GGUF ("backend"), so
+retrieval, the answer check and citations are shown to work the same with generation elsewhere.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +24,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 KEY = "integration-test-key-0123456789"
+BACKEND_KEY = "backend-test-key-9876543210"  # the backend's own key: nomoat reads it from NOMOAT_BACKEND_KEY
 DOCS = {
     "office.md": "# Office notes\n\nThe office wifi password is hunter42 and the router lives in room 3B.\n",
     "deploy.md": "# Deploying the billing service\n\nRun `make deploy ENV=prod` from the release branch. "
@@ -25,7 +33,8 @@ DOCS = {
 
 
 def _env(home: Path) -> dict[str, str]:
-    return {**os.environ, "NOMOAT_HOME": str(home), "HF_HUB_OFFLINE": "1", "NOMOAT_API_KEY": KEY}
+    return {**os.environ, "NOMOAT_HOME": str(home), "HF_HUB_OFFLINE": "1", "NOMOAT_API_KEY": KEY,
+            "NOMOAT_BACKEND_KEY": BACKEND_KEY}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +59,44 @@ def start_server(home: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
     return proc, line.split()[2]
 
 
-@pytest.fixture(scope="module")
-def server(home: Path) -> Iterator[str]:
-    proc, url = start_server(home)
+def start_backend(log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """llama-cpp-python's own OpenAI server on the bundled GGUF, named as nomoat names it; returns its /v1 URL.
+    Its chatty log goes to ``log``: a pipe nobody reads would fill and stop the server."""
+    from nomoat.llm.models import BUNDLED_NAME, bundled_path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_path()), "--model_alias", BUNDLED_NAME,
+           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--api_key", BACKEND_KEY]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    url, deadline = f"http://127.0.0.1:{port}/v1", time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(url + "/models", headers={"Authorization": f"Bearer {BACKEND_KEY}"}).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"llama_cpp.server did not start: {log.read_text(errors='replace')[-2000:]}")
+
+
+@pytest.fixture(scope="module", params=["local", "backend"])
+def server(home: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    backend = start_backend(home / "backend.log") if request.param == "backend" else None
+    args = ["--backend-url", backend[1]] if backend else []
     try:
-        yield url
+        proc, url = start_server(home, *args)
+        try:
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(30)
     finally:
-        proc.terminate()
-        proc.wait(30)
+        if backend:
+            backend[0].terminate()
+            backend[0].wait(30)
 
 
 @pytest.fixture

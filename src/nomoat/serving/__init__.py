@@ -45,13 +45,19 @@ def run(
         raise UserError("--port must be between 0 and 65535")
     if config.max_queue < 0:
         raise UserError("--max-queue must be 0 or more")
+    if not 0 < config.backend_timeout <= 3600:
+        raise UserError("--backend-timeout must be between 0 and 3600 seconds")
+    if not 1 <= config.backend_parallel <= 1024:
+        raise UserError("--backend-parallel must be between 1 and 1024")
     config.api_key, generated = resolve_key(config.api_key, config.api_key_file, config.no_auth, config.host)
     check_bind(config.host, config.api_key, config.allow_hosts)
-    from nomoat.llm import runtime as rt
+    if config.backend_url is not None:
+        from nomoat.serving.backend import check_url
 
+        check_url(config.backend_url)  # a typo fails before the port is taken
     sock = bind(config.host, config.port)  # a port in use fails at once, not after loading the model
     try:
-        llm = rt.load(model, runtime)  # a bad model is a startup error, not a 500 later
+        llm = _generator(config, model, runtime)  # a bad model or backend is a startup error, not a 500 later
     except BaseException:
         sock.close()
         raise
@@ -73,6 +79,20 @@ def run(
     finally:
         if generated and config.api_key:
             forget_token(config.api_key)
+
+
+def _generator(config: ServeConfig, model: str | Path | None, runtime: RuntimeConfig | None) -> Any:
+    """What generates: the local model, or the OpenAI-compatible server at ``config.backend_url``
+    (:mod:`.backend`: the same surface, so routes and ``rag.ask`` cannot tell them apart)."""
+    if config.backend_url is None:
+        from nomoat.llm import runtime as rt
+
+        return rt.load(model, runtime)
+    from nomoat.serving.backend import connect
+
+    return connect(config.backend_url, config.backend_model, n_ctx=(runtime or RuntimeConfig()).n_ctx,
+                   connect_timeout=config.backend_connect_timeout, read_timeout=config.backend_timeout,
+                   parallel=config.backend_parallel)  # fmt: skip
 
 
 @contextlib.contextmanager

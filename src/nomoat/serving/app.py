@@ -70,6 +70,10 @@ class Server:
         self._embedder = embedder
         self.kbs = Exposed(config.kb, config.kbs)
         self.slot = Slot(config.max_queue)  # generation: one at a time
+        if getattr(model, "parallel", 1) > 1:  # a backend batches concurrent requests itself (serving/gate.py)
+            from nomoat.serving.gate import Gate
+
+            self.slot = Gate(config.max_queue, model.parallel)  # type: ignore[assignment]
         self.embed_slot = Slot(config.max_queue)  # embeddings run beside generation, one batch at a time
 
     def knowledge_base(self, model_id: str) -> str | None:

@@ -56,6 +56,8 @@ def chat(model: Any, messages: list[dict[str, str]], gen: GenerationConfig) -> C
 def complete(model: Any, prompt: str, gen: GenerationConfig) -> Callable[[Emit, threading.Event], Any]:
     def work(emit: Emit, stop: threading.Event) -> dict[str, Any]:
         with model.lock:
+            if hasattr(model, "complete"):  # a backend (serving/backend.py): it tokenizes the text itself
+                return _drain(model.complete(prompt, gen), emit, stop)
             # Special-token parsing off: a prompt spelling "<|im_end|>" gets those characters, not the control token.
             return _drain(model.generate(model.tokenize(prompt), gen), emit, stop)
 
