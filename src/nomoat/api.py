@@ -252,6 +252,7 @@ def serve(
     allow_host: Sequence[str] = (),
     cors_origin: Sequence[str] = (),
     max_queue: int | None = None,
+    parallel: int | None = None,
     model: str | Path | None = None,
     ctx: int | None = None,
     threads: int | None = None,
@@ -275,7 +276,7 @@ def serve(
 
     kbs = [kb] if isinstance(kb, str) else list(kb or [])
     given = {"host": host, "port": port, "api_key": api_key, "api_key_file": api_key_file, "max_queue": max_queue,
-             "kb": kbs[0] if kbs else None, "kbs": tuple(kbs[1:])}  # fmt: skip
+             "parallel": parallel, "kb": kbs[0] if kbs else None, "kbs": tuple(kbs[1:])}  # fmt: skip
     config = replace(ServeConfig(), no_auth=no_auth, **{k: v for k, v in given.items() if v is not None})
     config.allow_hosts, config.cors_origins = tuple(allow_host), tuple(cors_origin)
     serving.run(config, model=_model_for(model, config.kb), runtime=runtime_settings(ctx, threads), on_ready=on_ready,

@@ -45,6 +45,8 @@ def run(
         raise UserError("--port must be between 0 and 65535")
     if config.max_queue < 0:
         raise UserError("--max-queue must be 0 or more")
+    if config.parallel < 1:
+        raise UserError("--parallel must be 1 or more")
     config.api_key, generated = resolve_key(config.api_key, config.api_key_file, config.no_auth, config.host)
     check_bind(config.host, config.api_key, config.allow_hosts)
     from nomoat.llm import runtime as rt
@@ -52,6 +54,10 @@ def run(
     sock = bind(config.host, config.port)  # a port in use fails at once, not after loading the model
     try:
         llm = rt.load(model, runtime)  # a bad model is a startup error, not a 500 later
+        if config.parallel > 1:
+            from nomoat.llm.batching import Batched
+
+            llm = Batched(llm, config.parallel)  # one context of parallel x n_ctx; --parallel 1 is the plain model
     except BaseException:
         sock.close()
         raise
@@ -73,6 +79,8 @@ def run(
     finally:
         if generated and config.api_key:
             forget_token(config.api_key)
+        if hasattr(llm, "engine"):
+            llm.close()  # stops the batch thread and frees its KV cache
 
 
 @contextlib.contextmanager
