@@ -188,8 +188,9 @@ def test_parallel_server_answers_concurrent_requests_like_the_plain_one(home: Pa
 
         with ThreadPoolExecutor(3) as pool:
             answers = list(pool.map(lambda q: ask(batched, q), questions))
-        kb = batched.chat.completions.create(model="nomoat-rag", max_tokens=60,
-                                             messages=[{"role": "user", "content": "What is the wifi password?"}])
+        kb = batched.chat.completions.create(
+            model="nomoat-rag", max_tokens=60, messages=[{"role": "user", "content": "What is the wifi password?"}]
+        )
     finally:
         proc.terminate()
         proc.wait(30)
