@@ -1,18 +1,21 @@
-"""`nomoat serve` under load: N concurrent streaming clients for a fixed time, on loopback.
+"""`nomoat serve` under load: concurrent streaming clients for a fixed time, on loopback, against the ceiling.
 
-Starts its own server (`nomoat serve --port 0`, a temporary NOMOAT_HOME), warms it up, then runs two phases
-against it in the same run:
+In one run (same machine, same model):
 
-1. one client alone for ``--baseline-seconds`` (the peer: what the server does with no contention);
-2. ``--clients`` clients at once for ``--seconds``; each sends streaming chat requests back to back and, after a
-   429 (queue full), waits the server's Retry-After and tries again.
+0. the ceiling: raw llama.cpp batched decode, B sequences' next tokens in one ``llama_decode`` (B = 1, 8, 16;
+   sampling and HTTP excluded), in this process before any server starts;
+1. ``nomoat serve --parallel 1`` (one generation at a time, the old path): one client alone for
+   ``--baseline-seconds`` (the peer);
+2. ``nomoat serve --parallel P``: one client alone, then each of ``--clients`` (e.g. 8,16) clients at once for
+   ``--seconds``; each sends streaming chat requests back to back and, after a 429 (queue full), waits the
+   server's Retry-After and tries again.
 
-    python bench/serve.py [--clients 16] [--seconds 60] [--max-tokens 64] [--threads N] [--max-queue 8]
+    python bench/serve.py [--clients 8,16] [--seconds 30] [--parallel P] [--model X.gguf] [--threads N]
 
 Prints, per phase: requests, errors (anything but 200/429, broken streams, error events), 429s, p50/p95 time to
 first token (from sending the request to the first text; includes waiting in the queue), aggregate completion
-tokens/s, and the ratio of the loaded phase's tokens/s to the lone client's. Memory drift is the server's RSS
-after the warm-up vs after the loaded phase.
+tokens/s, and its ratio to the raw ceiling at B = clients; and one client's tokens/s at --parallel P vs 1.
+Memory is the batched server's RSS after its warm-up vs after the loaded phases.
 """
 
 from __future__ import annotations
@@ -48,9 +51,51 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def start_server(args: argparse.Namespace, home: str) -> tuple[subprocess.Popen[str], str]:
+def raw_decode(model: str | None, sizes: list[int], steps: int, threads: int | None) -> dict[int, float]:
+    """Tokens/s of ``steps`` decode calls of B sequences' next token each (after a 16-token prompt per sequence),
+    straight through llama.cpp: what batching could give at best, with no sampling, Python or HTTP around it."""
+    import llama_cpp
+    from llama_cpp import _internals
+
+    from nomoat.config import RuntimeConfig
+    from nomoat.llm import runtime
+
+    config = RuntimeConfig(n_ctx=256)
+    config.n_threads = threads or config.n_threads
+    llama = runtime.load(model, config).llama
+    prompt = llama.tokenize(b"The quick brown fox jumps over the lazy dog, and then it ran far away into the woods",
+                            add_bos=False)[:16]  # fmt: skip
+    speeds = {}
+    for b in sizes:
+        params = type(llama.context_params).from_buffer_copy(llama.context_params)
+        params.n_ctx, params.n_seq_max, params.kv_unified = 256 * b, b, False
+        params.n_batch = max(params.n_batch, len(prompt) * b)
+        ctx = _internals.LlamaContext(model=llama._model, params=params, verbose=False)
+        batch = _internals.LlamaBatch(n_tokens=params.n_batch, embd=0, n_seq_max=1, verbose=False)
+        for seq in range(b):
+            batch.add_sequence(prompt, seq, logits_all=False)
+        assert llama_cpp.llama_decode(ctx.ctx, batch.batch) == 0
+        start = time.perf_counter()
+        for step in range(steps):
+            batch.reset()
+            for seq in range(b):
+                i = batch.batch.n_tokens
+                batch.batch.token[i], batch.batch.n_seq_id[i] = prompt[step % len(prompt)], 1
+                batch.batch.pos[i] = len(prompt) + step
+                batch.batch.seq_id[i][0], batch.batch.logits[i] = seq, True
+                batch.batch.n_tokens += 1
+            assert llama_cpp.llama_decode(ctx.ctx, batch.batch) == 0
+        speeds[b] = round(b * steps / (time.perf_counter() - start), 1)
+        batch.close()
+        ctx.close()
+    return speeds
+
+
+def start_server(args: argparse.Namespace, home: str, parallel: int) -> tuple[subprocess.Popen[str], str]:
     cmd = [sys.executable, "-m", "nomoat", "serve", "--port", "0", "--max-queue", str(args.max_queue)]
+    cmd += ["--parallel", str(parallel)]
     cmd += ["--threads", str(args.threads)] if args.threads else []
+    cmd += ["--model", args.model] if args.model else []
     env = {**os.environ, "NOMOAT_HOME": home, "HF_HUB_OFFLINE": "1", "NOMOAT_API_KEY": BENCH_KEY}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     line = proc.stdout.readline() if proc.stdout else ""
@@ -127,44 +172,68 @@ async def phase(url: str, clients: int, seconds: float, max_tokens: int) -> dict
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--baseline-seconds", type=float, default=15)
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--max-queue", type=int, default=8, help="the server's queue (its default is 8)")
-    parser.add_argument("--threads", type=int, help="llama.cpp threads for the server (default: all CPUs)")
-    args = parser.parse_args()
-
+def serve_phases(args: argparse.Namespace, parallel: int, clients: list[int]) -> dict[str, Any]:
+    """One server: warm-up, one client alone, then each client count; phases keyed "1", "8", ..."""
     with tempfile.TemporaryDirectory(prefix="nomoat-bench-serve-") as home:
-        proc, url = start_server(args, home)
+        proc, url = start_server(args, home, parallel)
         try:
             asyncio.run(phase(url, 1, 0.1, args.max_tokens))  # warm-up: first prompt, allocations
-            rss_start = rss_mib(proc.pid)
-            alone = asyncio.run(phase(url, 1, args.baseline_seconds, args.max_tokens))
-            loaded = asyncio.run(phase(url, args.clients, args.seconds, args.max_tokens))
-            rss_end = rss_mib(proc.pid)
-            healthy = httpx.get(url + "health").json()
+            out: dict[str, Any] = {"rss_start_mib": round(rss_mib(proc.pid), 1)}
+            out["1"] = asyncio.run(phase(url, 1, args.baseline_seconds, args.max_tokens))
+            for n in clients:
+                out[str(n)] = asyncio.run(phase(url, n, args.seconds, args.max_tokens))
+            out["rss_end_mib"] = round(rss_mib(proc.pid), 1)
+            out["health"] = httpx.get(url + "health").json()
         finally:
             proc.terminate()
             proc.wait(30)
+    return out
 
-    for name, r in (("1 client (peer)", alone), (f"{args.clients} clients", loaded)):
-        print(f"{name:>16}: {r['requests']} requests in {r['seconds']} s, {r['errors']} errors, "
-              f"{r['rejected_429']} x 429, TTFT p50 {r['ttft_p50_s']} s / p95 {r['ttft_p95_s']} s, "
-              f"{r['tokens_per_s']} tok/s")  # fmt: skip
-        for sample in r["error_samples"]:
-            print(f"{'':>18}error: {sample}")
-    ratio = loaded["tokens_per_s"] / alone["tokens_per_s"] if alone["tokens_per_s"] else float("nan")
+
+def show(name: str, r: dict[str, Any], ceiling: float | None = None) -> None:
+    vs = f" = {r['tokens_per_s'] / ceiling:.2f}x raw ({ceiling})" if ceiling else ""
+    print(f"{name:>22}: {r['requests']} requests in {r['seconds']} s, {r['errors']} errors, "
+          f"{r['rejected_429']} x 429, TTFT p50 {r['ttft_p50_s']} s / p95 {r['ttft_p95_s']} s, "
+          f"{r['tokens_per_s']} tok/s{vs}")  # fmt: skip
+    for sample in r["error_samples"]:
+        print(f"{'':>24}error: {sample}")
+
+
+def main() -> None:
+    from nomoat.config import ServeConfig
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", default="8,16", help="comma-separated client counts (default 8,16)")
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--baseline-seconds", type=float, default=15)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--max-queue", type=int, default=8, help="the server's queue (its default is 8)")
+    parser.add_argument("--parallel", type=int, default=ServeConfig.parallel, help="the batched server's --parallel")
+    parser.add_argument("--raw-steps", type=int, default=48, help="decode calls per raw batch size")
+    parser.add_argument("--model", help="GGUF to serve (default: the bundled model)")
+    parser.add_argument("--threads", type=int, help="llama.cpp threads for the server (default: all CPUs)")
+    args = parser.parse_args()
+    clients = [int(n) for n in args.clients.split(",")]
+
+    sizes = sorted({1, *clients})
+    raw = raw_decode(args.model, sizes, args.raw_steps, args.threads)
+    print("raw llama.cpp batched decode (ceiling): " + ", ".join(f"B={b} {v} tok/s" for b, v in raw.items()))
+    old = serve_phases(args, 1, [])
+    batched = serve_phases(args, args.parallel, clients)
+    show("--parallel 1, 1 client", old["1"], raw[1])
+    show(f"--parallel {args.parallel}, 1 client", batched["1"], raw[1])
+    for n in clients:
+        show(f"--parallel {args.parallel}, {n} clients", batched[str(n)], raw[n])
+    one = batched["1"]["tokens_per_s"] / old["1"]["tokens_per_s"] if old["1"]["tokens_per_s"] else float("nan")
+    print(f"one client, --parallel {args.parallel} / --parallel 1: {one:.2f}")
     client_cpu = resource.getrusage(resource.RUSAGE_SELF)
     print(f"bench client CPU: {client_cpu.ru_utime + client_cpu.ru_stime:.1f} s (it shares the CPUs with the server)")
-    print(f"aggregate tok/s ratio {args.clients} clients / 1 client: {ratio:.2f}")
-    print(f"server RSS: {rss_start:.0f} MiB after warm-up -> {rss_end:.0f} MiB after load "
-          f"({rss_end - rss_start:+.1f} MiB); health after: {healthy}")  # fmt: skip
-    summary = {"alone": alone, "loaded": loaded, "ratio": round(ratio, 2), "rss_start_mib": round(rss_start, 1),
-               "rss_end_mib": round(rss_end, 1), "max_tokens": args.max_tokens,
-               "max_queue": args.max_queue}  # fmt: skip
+    print(f"server RSS (--parallel {args.parallel}): {batched['rss_start_mib']:.0f} MiB after warm-up -> "
+          f"{batched['rss_end_mib']:.0f} MiB after load; --parallel 1: {old['rss_start_mib']:.0f} MiB; "
+          f"health after: {batched['health']}")  # fmt: skip
+    summary = {"raw": raw, "parallel_1": old, f"parallel_{args.parallel}": batched,
+               "one_client_ratio": round(one, 2), "max_tokens": args.max_tokens, "max_queue": args.max_queue,
+               "model": args.model or "default"}  # fmt: skip
     print(json.dumps(summary))
 
 

@@ -25,6 +25,7 @@ class FakeBackend:
         self.requests: list[dict[str, Any]] = []
         self.auth: list[str | None] = []
         self.closed_early = threading.Event()  # an endless stream noticed its client leave
+        self.together: threading.Barrier | None = None  # set: requests wait until this many are in flight
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -82,6 +83,12 @@ def _handler(backend: FakeBackend) -> type[BaseHTTPRequestHandler]:
                 return
             if backend.mode == "slow":
                 time.sleep(backend.delay)
+            if backend.together is not None:  # answer only once that many requests are in flight at once
+                try:
+                    backend.together.wait(timeout=10)
+                except threading.BrokenBarrierError:
+                    self._json(500, {"error": {"message": "requests did not arrive together"}})
+                    return
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.end_headers()  # HTTP/1.0, no length: the body ends when the connection closes

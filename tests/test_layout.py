@@ -120,3 +120,15 @@ def test_import_nomoat_loads_no_stage() -> None:
     assert done.returncode == 0, done.stderr
     loaded = set(ast.literal_eval(done.stdout.strip()))
     assert loaded <= {"nomoat", "nomoat.api", "nomoat.config", "nomoat.errors"}, loaded
+
+
+def test_only_the_runtime_modules_import_llama_cpp() -> None:
+    allowed = {"nomoat.llm.runtime", "nomoat.llm.batching"}  # the model's loader and its batch engine
+    offenders = []
+    for module, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            if module not in allowed and any(n.split(".")[0] == "llama_cpp" for n in names):
+                offenders.append(f"{path.relative_to(SRC)}:{node.lineno}")
+    assert not offenders, "llama_cpp imported outside llm/runtime.py and llm/batching.py:\n" + "\n".join(offenders)

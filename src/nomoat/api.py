@@ -252,6 +252,7 @@ def serve(
     allow_host: Sequence[str] = (),
     cors_origin: Sequence[str] = (),
     max_queue: int | None = None,
+    parallel: int | None = None,
     model: str | Path | None = None,
     ctx: int | None = None,
     threads: int | None = None,
@@ -281,7 +282,7 @@ def serve(
 
     kbs = [kb] if isinstance(kb, str) else list(kb or [])
     given = {"host": host, "port": port, "api_key": api_key, "api_key_file": api_key_file, "max_queue": max_queue,
-             "kb": kbs[0] if kbs else None, "kbs": tuple(kbs[1:]), "backend_url": backend_url,
+             "parallel": parallel, "kb": kbs[0] if kbs else None, "kbs": tuple(kbs[1:]), "backend_url": backend_url,
              "backend_model": backend_model, "backend_timeout": backend_timeout,
              "backend_parallel": backend_parallel}  # fmt: skip
     config = replace(ServeConfig(), no_auth=no_auth, **{k: v for k, v in given.items() if v is not None})

@@ -188,7 +188,9 @@ def serve(p: argparse.ArgumentParser, c: Any) -> None:
                    help="also answer to this Host name (repeatable; localhost and 127.0.0.1 always work)")  # fmt: skip
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="let web pages from this origin call the API (repeatable; default: none)")  # fmt: skip
-    p.add_argument("--max-queue", type=int, help=f"requests that may wait for the busy model (default "
+    p.add_argument("--parallel", type=int, metavar="N", help=f"generations decoded together (default {s.parallel}; "
+                   "each keeps the full --ctx, so KV memory is N contexts; 1 = one at a time)")  # fmt: skip
+    p.add_argument("--max-queue", type=int, help=f"requests that may wait while --parallel are generating (default "
                    f"{s.max_queue}; more get 429)")  # fmt: skip
     p.add_argument("--backend-url", metavar="URL", help="generate with this OpenAI-compatible server (vLLM, "
                    "llama.cpp, Ollama: e.g. http://127.0.0.1:8000/v1) instead of the local model; retrieval and "

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -209,3 +210,32 @@ def test_web_ui_with_the_real_model_asks_for_the_key_streams_and_cites(server: s
         page.wait_for_selector(".msg.assistant:not([aria-busy]) >> nth=1", timeout=300_000)
         assert page.locator(".msg.assistant").nth(1).locator(".text").text_content().strip()
         browser.close()
+
+
+def test_parallel_server_answers_concurrent_requests_like_the_plain_one(home: Path, client: openai.OpenAI) -> None:
+    """--parallel 2 (batched engine) with three clients at once: each answer complete, greedy, and counted."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    questions = ["What is the capital of France?", "What is the capital of Italy?", "Name a primary colour."]
+    proc, url = start_server(home, "--parallel", "2", "--max-queue", "4")
+    try:
+        batched = openai.OpenAI(base_url=url + "v1", api_key=KEY, max_retries=0, timeout=300)
+
+        def ask(c: openai.OpenAI, q: str) -> Any:
+            return c.chat.completions.create(model="default", messages=[{"role": "user", "content": q}],
+                                             max_tokens=24, temperature=0, seed=0)  # fmt: skip
+
+        with ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(lambda q: ask(batched, q), questions))
+        kb = batched.chat.completions.create(
+            model="nomoat-rag", max_tokens=60, messages=[{"role": "user", "content": "What is the wifi password?"}]
+        )
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert "Paris" in answers[0].choices[0].message.content
+    for answer, q in zip(answers, questions, strict=True):
+        plain = ask(client, q)
+        assert answer.usage.prompt_tokens == plain.usage.prompt_tokens
+        assert 0 < answer.usage.completion_tokens <= 24 and answer.choices[0].finish_reason in ("stop", "length")
+    assert "hunter42" in kb.choices[0].message.content  # knowledge-base answers go through the engine too

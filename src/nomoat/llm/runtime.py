@@ -26,6 +26,10 @@ from nomoat.llm.templates import CHATML_TEMPLATE, Message, compile_template, def
 
 _ROLES = {"system", "user", "assistant"}
 
+TokenSource = Callable[[list[int], GenerationConfig, int, Drafting], Iterator[int]]
+"""``source(prompt, gen, max_new, drafting)``: the token ids sampled after ``prompt`` (an end-of-generation token
+included), at most ``max_new``; closing the iterator stops sampling."""
+
 
 @dataclass
 class Generation:
@@ -59,7 +63,7 @@ class Model:
         self.n_ctx = min(self.config.n_ctx, int(trained_ctx))
         # Our sandboxed compile first: its error names the template; llama.cpp's loader would fail less clearly.
         self.template = compile_template(self.header.metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE)
-        self.path = formats.served_path(ref.path, self.config.fast_format)  # the file llama.cpp runs
+        self.path = formats.served_path(ref.path, quantize, self.config.fast_format)  # the file llama.cpp runs
         self.llama = _load_llama(self.path, self.config, self.n_ctx)
         self.lock = threading.Lock()
         self.bos = self._token_text(self.llama.token_bos())
@@ -141,14 +145,16 @@ class Model:
         gen: GenerationConfig | None = None,
         *,
         on_notice: Callable[[str], None] | None = None,
+        source: TokenSource | None = None,
     ) -> Generation:
-        """Stream an assistant reply to ``messages``; trims old turns to fit the context (with a notice)."""
+        """Stream an assistant reply to ``messages``; trims old turns to fit the context (with a notice).
+        ``source``: where the sampled tokens come from (see :meth:`generate`)."""
         gen = gen or GenerationConfig()
         tokens, notices = self.fit(messages, gen.max_tokens)
         for notice in notices:
             if on_notice:
                 on_notice(notice)
-        return self.generate(tokens, gen, notices=notices)
+        return self.generate(tokens, gen, notices=notices, source=source)
 
     def fit(self, messages: Sequence[Message], max_tokens: int) -> tuple[list[int], list[str]]:
         """Tokens of the prompt that fit the context with room to answer; oldest turns go first.
@@ -178,38 +184,52 @@ class Model:
         return tokens, notices
 
     def generate(
-        self, prompt: Sequence[int], gen: GenerationConfig | None = None, *, notices: list[str] | None = None
-    ) -> Generation:
-        """Sample after ``prompt`` tokens; stops on end-of-generation tokens, ``gen.stop`` strings, or length."""
+        self, prompt: Sequence[int], gen: GenerationConfig | None = None, *, notices: list[str] | None = None,
+        source: TokenSource | None = None,
+    ) -> Generation:  # fmt: skip
+        """Sample after ``prompt`` tokens; stops on end-of-generation tokens, ``gen.stop`` strings, or length.
+
+        ``source(prompt, gen, max_new, drafting)`` yields the sampled token ids; by default this model's own
+        llama.cpp context (``llama.generate``, or prompt lookup). ``nomoat serve --parallel`` passes its batch
+        engine's (:mod:`nomoat.llm.batching`). Either way the text, stop strings and counters are made here."""
         gen = gen or GenerationConfig()
         prompt = list(prompt)
         if len(prompt) >= self.n_ctx:
             raise UserError(f"the prompt ({len(prompt)} tokens) does not fit the {self.n_ctx}-token context")
         max_new = max(1, min(gen.max_tokens, self.n_ctx - len(prompt)))
         result = Generation(iter(()), prompt_tokens=len(prompt), notices=list(notices or []))
-        result.pieces = self._stream(prompt, gen, max_new, result)
+        lookup_on = source is None and self.config.lookup_tokens > 0
+        result.pieces = self._text(source or self._sample, prompt, gen, max_new, result, lookup_on)
         return result
 
-    def _stream(self, prompt: list[int], gen: GenerationConfig, max_new: int, result: Generation) -> Iterator[str]:
+    def seed(self, gen: GenerationConfig) -> int:
+        """The sampling seed of an answer: its own, else the runtime's."""
+        return self.config.seed if gen.seed is None else gen.seed
+
+    def _sample(self, prompt: list[int], gen: GenerationConfig, max_new: int, drafting: Drafting) -> Iterator[int]:
+        llama = self.llama
+        llama.set_seed(self.seed(gen))
+        if self.config.lookup_tokens > 0:
+            config = self.config
+            return lookup.generate(llama, prompt, sampling(gen), draft_tokens=config.lookup_tokens,
+                                   max_n=config.lookup_ngram, max_new=max_new, stats=drafting)  # fmt: skip
+        return llama.generate(prompt, **sampling(gen))
+
+    def _text(self, source: TokenSource, prompt: list[int], gen: GenerationConfig, max_new: int,
+              result: Generation, lookup_on: bool) -> Iterator[str]:  # fmt: skip
+        """Text pieces of the sampled tokens: UTF-8 decoded incrementally (a character split across tokens waits
+        for its end), the last characters held back while a stop string may be forming; sets the counters."""
         import llama_cpp
 
-        llama = self.llama
-        llama.set_seed(self.config.seed if gen.seed is None else gen.seed)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stops = [s for s in gen.stop if s]
         hold = max((len(s) for s in stops), default=1) - 1  # chars held back in case a stop string is forming
         pending = ""
+        llama = self.llama
         vocab = llama._model.vocab
-        sampling = {"temp": gen.temperature, "top_k": gen.top_k, "top_p": gen.top_p, "min_p": 0.0,
-                    "repeat_penalty": gen.repeat_penalty}  # fmt: skip
-        if self.config.lookup_tokens > 0:
-            config = self.config
-            tokens = lookup.generate(llama, prompt, sampling, draft_tokens=config.lookup_tokens,
-                                     max_n=config.lookup_ngram, max_new=max_new, stats=result.drafting)  # fmt: skip
-        else:
-            tokens = llama.generate(prompt, **sampling)
+        tokens = source(prompt, gen, max_new, result.drafting)
         result.finish_reason = "length"
-        with contextlib.closing(tokens):
+        with contextlib.closing(tokens):  # closing ends the source's sampling loop (or frees its batch sequence)
             for token in tokens:
                 if llama_cpp.llama_vocab_is_eog(vocab, token):
                     result.finish_reason = "stop"
@@ -226,11 +246,17 @@ class Model:
                     yield out
                 if result.completion_tokens >= max_new:
                     break
-        if not self.config.lookup_tokens:
+        if not lookup_on:
             result.drafting.steps = result.completion_tokens  # plain decoding: one decode per token
         pending += decoder.decode(b"", final=True)
         if pending:
             yield pending
+
+
+def sampling(gen: GenerationConfig) -> dict[str, Any]:
+    """``gen`` as llama-cpp-python's sampler settings (``Llama.generate`` / ``Llama._init_sampler`` keywords)."""
+    return {"temp": gen.temperature, "top_k": gen.top_k, "top_p": gen.top_p, "min_p": 0.0,
+            "repeat_penalty": gen.repeat_penalty}  # fmt: skip
 
 
 def answer_room(max_tokens: int, n_ctx: int) -> int:

@@ -49,6 +49,8 @@ def run(
         raise UserError("--backend-timeout must be between 0 and 3600 seconds")
     if not 1 <= config.backend_parallel <= 1024:
         raise UserError("--backend-parallel must be between 1 and 1024")
+    if config.parallel < 1:
+        raise UserError("--parallel must be 1 or more")
     config.api_key, generated = resolve_key(config.api_key, config.api_key_file, config.no_auth, config.host)
     check_bind(config.host, config.api_key, config.allow_hosts)
     if config.backend_url is not None:
@@ -79,6 +81,8 @@ def run(
     finally:
         if generated and config.api_key:
             forget_token(config.api_key)
+        if hasattr(llm, "engine"):
+            llm.close()  # stops the batch thread and frees its KV cache
 
 
 def _generator(config: ServeConfig, model: str | Path | None, runtime: RuntimeConfig | None) -> Any:
@@ -87,7 +91,12 @@ def _generator(config: ServeConfig, model: str | Path | None, runtime: RuntimeCo
     if config.backend_url is None:
         from nomoat.llm import runtime as rt
 
-        return rt.load(model, runtime)
+        llm = rt.load(model, runtime)
+        if config.parallel > 1:
+            from nomoat.llm.batching import Batched
+
+            llm = Batched(llm, config.parallel)  # one context of parallel x n_ctx; --parallel 1 is the plain model
+        return llm
     from nomoat.serving.backend import connect
 
     return connect(config.backend_url, config.backend_model, n_ctx=(runtime or RuntimeConfig()).n_ctx,

@@ -69,11 +69,9 @@ class Server:
         self.model, self.config, self.retrieve, self.policy = model, config, retrieve, policy
         self._embedder = embedder
         self.kbs = Exposed(config.kb, config.kbs)
-        self.slot = Slot(config.max_queue)  # generation: one at a time
-        if getattr(model, "parallel", 1) > 1:  # a backend batches concurrent requests itself (serving/gate.py)
-            from nomoat.serving.gate import Gate
-
-            self.slot = Gate(config.max_queue, model.parallel)  # type: ignore[assignment]
+        # generation: one at a time, or as many as a batch engine decodes together (llm/batching.Batched.parallel)
+        # or a backend batches itself (serving/backend.BackendModel.parallel)
+        self.slot = Slot(config.max_queue, getattr(model, "parallel", 1))
         self.embed_slot = Slot(config.max_queue)  # embeddings run beside generation, one batch at a time
 
     def knowledge_base(self, model_id: str) -> str | None:
@@ -215,7 +213,7 @@ async def app_js() -> Response:
 @routes.get("/health")
 async def health(request: Request) -> dict[str, Any]:
     slot = _server(request).slot
-    return {"status": "ok", "busy": slot.running, "waiting": slot.waiting}
+    return {"status": "ok", "busy": slot.running > 0, "waiting": slot.waiting}
 
 
 @routes.get("/v1/models")

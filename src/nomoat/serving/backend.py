@@ -95,7 +95,7 @@ class BackendModel:
         self.url, self.model_id, self.n_ctx = url, model_id, n_ctx
         self.name = name or shown_name(model_id)
         self.lock = contextlib.nullcontext()
-        self.parallel = parallel  # generations sent at once (serving/gate.py); the backend batches them
+        self.parallel = parallel  # generations sent at once (engine.Slot admits them); the backend batches them
         self.read_timeout = read_timeout
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
         # read = the longest silence between two bytes: prompt processing before the first token counts.

@@ -1,11 +1,12 @@
-"""One generation at a time per model, a bounded queue, and worker threads that can be stopped.
+"""Admission per model (``parallel`` running, a bounded queue) and worker threads that can be stopped.
 
-llama.cpp contexts are not thread-safe and a CPU runs one generation well, not several. So each model has a
-:class:`Slot`: one job runs, at most ``max_queue`` wait, and one more is refused with :class:`Busy` (HTTP 429)
-instead of piling up. A job runs in its own thread (it blocks in C for each token) and hands its text to the
-event loop piece by piece; :meth:`Job.cancel` (client gone) makes the thread stop at the next piece and close the
-generator, which ends llama.cpp's sampling loop. The slot is released only when the thread has really finished,
-because until then it still uses the llama.cpp context.
+llama.cpp contexts are not thread-safe. So each model has a :class:`Slot`: ``parallel`` jobs run (1 for a plain
+model, which generates one answer at a time; N under ``nomoat serve --parallel N``, whose batch engine decodes N
+sequences together, see :mod:`nomoat.llm.batching`), at most ``max_queue`` wait, and one more is refused with
+:class:`Busy` (HTTP 429) instead of piling up. A job runs in its own thread (it blocks in C for each token) and
+hands its text to the event loop piece by piece; :meth:`Job.cancel` (client gone) makes the thread stop at the
+next piece and close the generator, which ends llama.cpp's sampling loop (or frees the batch sequence). A place
+is released only when the thread has really finished, because until then it still uses the model.
 """
 
 from __future__ import annotations
@@ -27,15 +28,16 @@ class Busy(Exception):
 
 
 class Slot:
-    """Admission control for one model: one running job, at most ``max_queue`` waiting for it, served in order.
+    """Admission control for one model: up to ``parallel`` running jobs, at most ``max_queue`` waiting for a
+    place, served in order.
 
-    ``release`` hands the slot straight to the longest waiter (it never becomes free in between), so a request
+    ``release`` hands the place straight to the longest waiter (it never becomes free in between), so a request
     arriving at that moment cannot jump the queue.
     """
 
-    def __init__(self, max_queue: int) -> None:
-        self.max_queue = max_queue
-        self.running = False
+    def __init__(self, max_queue: int, parallel: int = 1) -> None:
+        self.max_queue, self.parallel = max_queue, parallel
+        self.running = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
 
     @property
@@ -43,9 +45,9 @@ class Slot:
         return len(self._waiters)
 
     async def acquire(self) -> None:
-        """Take the slot, waiting in line; raises Busy at once if ``max_queue`` requests are already waiting."""
-        if not self.running:
-            self.running = True
+        """Take a place, waiting in line; raises Busy at once if ``max_queue`` requests are already waiting."""
+        if self.running < self.parallel and not self._waiters:
+            self.running += 1
             return
         if len(self._waiters) >= self.max_queue:
             raise Busy(f"the model is busy ({len(self._waiters)} requests waiting); retry shortly")
@@ -61,14 +63,14 @@ class Slot:
             raise
 
     def release(self) -> None:
-        """Give the slot to the next in line, or free it. Runs on the event loop (threads use
+        """Give the place to the next in line, or free it. Runs on the event loop (threads use
         ``loop.call_soon_threadsafe``)."""
         while self._waiters:
             turn = self._waiters.popleft()
             if not turn.done():
                 turn.set_result(None)
                 return
-        self.running = False
+        self.running -= 1
 
 
 class Job:
