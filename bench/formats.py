@@ -56,7 +56,7 @@ def main() -> None:
     os.environ.setdefault("NOMOAT_HOME", str(CACHE / "nomoat-home"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from answers import ensure_kb
-    from nomoat.llm import runtime
+    from nomoat.llm import llamacpp
     from nomoat.llm.models import resolve
 
     ensure_kb(args.kb)
@@ -64,12 +64,12 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="nomoat-formats-"))
     files = {"q4_1 (bundled)": bundled}
     for quant in args.formats.split(","):
-        files[quant] = runtime.quantize(bundled, folder / f"{quant}.gguf", quant, threads=args.threads)
+        files[quant] = llamacpp.quantize(bundled, folder / f"{quant}.gguf", quant, threads=args.threads)
     windows = held_out_windows(args.kb, args.windows)
     runs: dict[str, list[dict]] = {name: [] for name in files}
     for i, window in enumerate(windows):
         for name in list(files) if i % 2 == 0 else list(files)[::-1]:
-            runs[name].append(runtime.perplexity(files[name], window, decode_tokens=32, threads=args.threads))
+            runs[name].append(llamacpp.perplexity(files[name], window, decode_tokens=32, threads=args.threads))
         print(f"window {i + 1}/{len(windows)}", file=sys.stderr, flush=True)
 
     def ppl(name: str) -> float:

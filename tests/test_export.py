@@ -16,7 +16,7 @@ from nomoat.cli import main  # noqa: E402
 from nomoat.errors import UserError  # noqa: E402
 from nomoat.exporting import export, ggufio  # noqa: E402
 from nomoat.finetune import basemodel, runs, tune  # noqa: E402
-from nomoat.llm import models, runtime  # noqa: E402
+from nomoat.llm import llamacpp, models, runtime  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_adapter_gguf_applies_on_the_base_in_llama_cpp(tuned: Path, tmp_path: Pa
     assert "blk.0.attn_q.weight.lora_a" in names and "blk.1.ffn_down.weight.lora_b" in names
     # without the adapter the base is measurably different: the check is not trivially passed
     tokens = export.parity_tokens(basemodel.load(record["base"]), runs.read_json(tuned / "config.json"))
-    plain = runtime.perplexity(Path(record["base"]), tokens, decode_tokens=1)["ppl"]
+    plain = llamacpp.perplexity(Path(record["base"]), tokens, decode_tokens=1)["ppl"]
     assert abs(plain - record["ppl_torch"]) / record["ppl_torch"] > export.ADAPTER_PARITY
 
 
@@ -141,8 +141,8 @@ def test_adapter_on_base_matches_the_merged_gguf_next_token_distribution(tuned: 
     paths = {f["format"]: Path(f["path"]) for f in result["files"]}
     config = runs.read_json(tuned / "config.json")
     tokens = export.parity_tokens(basemodel.load(config["model"]), config)
-    merged = runtime.perplexity(paths["gguf"], tokens, decode_tokens=1)["logprobs"]
-    on_base = runtime.perplexity(Path(config["model"]), tokens, lora=paths["adapter"], decode_tokens=1)["logprobs"]
+    merged = llamacpp.perplexity(paths["gguf"], tokens, decode_tokens=1)["logprobs"]
+    on_base = llamacpp.perplexity(Path(config["model"]), tokens, lora=paths["adapter"], decode_tokens=1)["logprobs"]
     kl = float((np.exp(merged) * (merged - on_base)).sum(axis=1).mean())
     assert kl < 1e-3, kl
 
@@ -178,12 +178,12 @@ def test_killing_an_export_midway_leaves_no_file_at_the_final_path(tuned: Path, 
     code = f"""
 import os, signal, sys
 from nomoat.exporting import export, ggufio  # noqa: E402
-from nomoat.llm import runtime  # noqa: E402
+from nomoat.llm import llamacpp  # noqa: E402
 from nomoat.finetune import runs  # noqa: E402
 def die(*a, **k):
     os.kill(os.getpid(), signal.SIGKILL)
 if {stage!r} == "quantize":
-    runtime.quantize = die
+    llamacpp.quantize = die
 else:
     export.write_hf = lambda model, tok, folder: runs.replace_dir(folder, die)
 export.run(sys.argv[1], format="gguf" if {stage!r} == "quantize" else "hf", quant="q8_0", output=sys.argv[2])

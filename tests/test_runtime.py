@@ -140,7 +140,7 @@ def test_load_is_cached_per_settings(tiny_gguf: Path) -> None:
 def test_plain_cpu_buffers_turn_extra_buffer_types_off_only_meanwhile() -> None:
     import llama_cpp.llama_cpp as C
 
-    from nomoat.llm.runtime import _plain_cpu_buffers
+    from nomoat.llm.llamacpp import _plain_cpu_buffers
 
     assert C.llama_model_default_params().use_extra_bufts is True
     with _plain_cpu_buffers():

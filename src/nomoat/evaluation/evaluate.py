@@ -232,14 +232,14 @@ def perplexity(model: Any, text: str, window: int = 512, windows: int = 4) -> fl
     """Perplexity of the first ``windows`` windows of ``text`` under a loaded GGUF model (None for other kinds)."""
     import math
 
-    from nomoat.llm import runtime
+    from nomoat.llm import llamacpp
 
     tokens = model.tokenize(text)[: window * windows]
     if getattr(model, "ref", None) is None or model.ref.kind != "gguf" or len(tokens) < 2:
         return None
     parts = [tokens[i : i + window] for i in range(0, len(tokens), window)]
     parts = [p for p in parts if len(p) >= 2]
-    nll = [math.log(runtime.perplexity(model.path, p, decode_tokens=0)["ppl"]) * (len(p) - 1) for p in parts]
+    nll = [math.log(llamacpp.perplexity(model.path, p, decode_tokens=0)["ppl"]) * (len(p) - 1) for p in parts]
     return math.exp(sum(nll) / sum(len(p) - 1 for p in parts))
 
 

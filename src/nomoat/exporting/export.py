@@ -163,14 +163,14 @@ class _Export:
         return f16, base_gguf
 
     def _gguf(self, f16: Path, tokens: list[int]) -> dict[str, Any]:
-        from nomoat.llm import runtime
+        from nomoat.llm import llamacpp
 
         dest = self.out / f"{self.stem}.{self.quant}.gguf"
         final = self._partial(dest.name)
         if self.quant == "f16":
             f16.rename(final)
         else:
-            runtime.quantize(f16, final, self.quant)
+            llamacpp.quantize(f16, final, self.quant)
         report = parity(final, self.merged, tokens, PARITY[self.quant])
         require(report, PARITY[self.quant], "export")
         ggufio.check_carried(final, self.arch, self.merged.config)

@@ -38,9 +38,9 @@ def parity(path: Path, model: Any, tokens: list[int], limit: float, lora: Path |
     """Perplexity of the same tokens under llama.cpp (the exported file) and the merged torch model."""
     import torch
 
-    from nomoat.llm import runtime
+    from nomoat.llm import llamacpp
 
-    measured = runtime.perplexity(path, tokens, lora=lora)
+    measured = llamacpp.perplexity(path, tokens, lora=lora)
     with torch.no_grad():
         ids = torch.tensor([tokens])
         ppl_torch = math.exp(float(model(input_ids=ids, labels=ids).loss))

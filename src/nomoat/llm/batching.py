@@ -17,11 +17,9 @@ round a near-tie of the top two logits the other way.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import queue
 import threading
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ from typing import Any
 
 from nomoat.config import GenerationConfig
 from nomoat.errors import ModelError, UserError
+from nomoat.llm.llamacpp import close_at_exit
 from nomoat.llm.lookup import Drafting
 from nomoat.llm.runtime import Generation, Model, sampling
 from nomoat.llm.templates import Message
@@ -87,7 +86,7 @@ class Engine:
         self.steps = 0  # decode calls so far (tests and the bench read it)
         self._thread = threading.Thread(target=self._run, name="nomoat-batch", daemon=True)
         self._thread.start()
-        _live.add(self)
+        close_at_exit(self)  # before the model: registered after it
 
     # -- the readers' side (any thread) -----------------------------------------------------------------
     def tokens(self, prompt: list[int], gen: GenerationConfig, max_new: int, drafting: Drafting) -> Iterator[int]:
@@ -210,18 +209,6 @@ class Engine:
             request.sampler.close()
             request.sampler = None
         request.out.put(error if error is not None else _END)
-
-
-# Registered after runtime's own atexit hook, so it runs first: engines stop before their models are closed
-# under a running decode.
-_live: weakref.WeakSet[Engine] = weakref.WeakSet()
-
-
-@atexit.register
-def _close_all() -> None:
-    for engine in list(_live):
-        with contextlib.suppress(Exception):
-            engine.close()
 
 
 def _put(batch: Any, i: int, token: int, pos: int, seq: int, logits: bool) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
-from collections.abc import Callable
 from pathlib import Path
 
 from nomoat import paths
@@ -23,14 +22,9 @@ SLOW_FORMATS = {"Q4_1": "q8_0"}
 """Served format of each format measured slow here (x86): what it is requantized to."""
 
 
-Quantize = Callable[[Path, Path, str], object]
-"""``quantize(src, dst, quant)``: :func:`nomoat.llm.runtime.quantize` (passed in: runtime imports this module)."""
-
-
-def served_path(path: Path, quantize: Quantize, fast: bool = True) -> Path:
-    """The file llama.cpp should load for ``path``: a cached faster copy when its format is slow here (made with
-    ``quantize`` the first time), else ``path`` itself. ``fast=False`` (``RuntimeConfig.fast_format``) serves
-    every file as it is."""
+def served_path(path: Path, fast: bool = True) -> Path:
+    """The file llama.cpp should load for ``path``: a cached faster copy when its format is slow here, else
+    ``path`` itself. ``fast=False`` (``RuntimeConfig.fast_format``) serves every file as it is."""
     if not fast or platform.machine().lower() not in ("x86_64", "amd64"):
         return path
     from nomoat.llm.gguf_check import quantization, read_header
@@ -40,7 +34,7 @@ def served_path(path: Path, quantize: Quantize, fast: bool = True) -> Path:
         return path
     copy = _copy_path(path, target)
     if not copy.exists():
-        _make(path, copy, target, quantize)
+        _make(path, copy, target)
     return copy
 
 
@@ -50,8 +44,10 @@ def _copy_path(path: Path, target: str) -> Path:
     return paths.cache_dir() / "formats" / f"{path.stem}-{key}.{target}.gguf"
 
 
-def _make(path: Path, copy: Path, target: str, quantize: Quantize) -> None:
+def _make(path: Path, copy: Path, target: str) -> None:
     """Requantize ``path`` into ``copy`` atomically: a crash leaves no half-written model to be served later."""
+    from nomoat.llm.llamacpp import quantize
+
     copy.parent.mkdir(parents=True, exist_ok=True)
     partial = copy.with_name(f".{copy.name}.{os.getpid()}.partial")
     try:
