@@ -261,7 +261,6 @@ def serve(
     backend_url: str | None = None,
     backend_model: str | None = None,
     backend_timeout: float | None = None,
-    backend_parallel: int | None = None,
 ) -> None:
     """``nomoat serve``: the OpenAI-compatible API and web UI, until interrupted. ``on_ready(url)`` is called once
     the model is loaded and the port is open. Every answer is held to the owner's ``policy`` (default:
@@ -283,8 +282,7 @@ def serve(
     kbs = [kb] if isinstance(kb, str) else list(kb or [])
     given = {"host": host, "port": port, "api_key": api_key, "api_key_file": api_key_file, "max_queue": max_queue,
              "parallel": parallel, "kb": kbs[0] if kbs else None, "kbs": tuple(kbs[1:]), "backend_url": backend_url,
-             "backend_model": backend_model, "backend_timeout": backend_timeout,
-             "backend_parallel": backend_parallel}  # fmt: skip
+             "backend_model": backend_model, "backend_timeout": backend_timeout}  # fmt: skip
     config = replace(ServeConfig(), no_auth=no_auth, **{k: v for k, v in given.items() if v is not None})
     config.allow_hosts, config.cors_origins = tuple(allow_host), tuple(cors_origin)
     if backend_url is not None and model is not None:

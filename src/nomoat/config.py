@@ -339,10 +339,15 @@ class ServeConfig:
     """Other knowledge bases served (as ``kb:<name>``); no other one under NOMOAT_HOME is reachable."""
     max_body_bytes: int = 2**20
     """Largest request body; bigger ones get 413 while being read, before they are buffered."""
-    parallel: int = 1
-    """Generations decoded together in one llama.cpp context (continuous batching, nomoat.llm.batching); each has
-    the full --ctx, so its KV cache is this many times one context. 1 = one at a time, no batch engine. Stays 1
-    until a quiet run measures batching faster: on 2 shared cores 8 gave 1.13x the tokens/s (docs/benchmarks.md)."""
+    parallel: int | None = None
+    """Generations at once. The local model decodes them together in one llama.cpp context (continuous batching,
+    nomoat.llm.batching; each has the full --ctx, so its KV cache is this many times one context); a backend gets
+    them as concurrent requests. None: ``local_parallel`` or ``backend_parallel``."""
+    local_parallel: int = 1
+    """Local default: one at a time, no batch engine, until a quiet run measures batching faster (on 2 shared cores
+    8 gave 1.13x the tokens/s, docs/benchmarks.md)."""
+    backend_parallel: int = 8
+    """Default with ``backend_url``: the engine behind batches concurrent requests itself."""
     max_queue: int = 8
     """Requests that may wait while ``parallel`` are generating; one more gets 429."""
     max_tokens: int = 2048
@@ -365,8 +370,6 @@ class ServeConfig:
     backend_timeout: float = 120.0
     """Seconds the backend may stay silent (before its first token too) before the request fails with 504."""
     backend_connect_timeout: float = 5.0  # seconds to open a connection to the backend
-    backend_parallel: int = 8
-    """Generations sent to the backend at once (it batches them); more wait in the queue (``max_queue``)."""
 
 
 @dataclass

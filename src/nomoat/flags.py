@@ -188,8 +188,9 @@ def serve(p: argparse.ArgumentParser, c: Any) -> None:
                    help="also answer to this Host name (repeatable; localhost and 127.0.0.1 always work)")  # fmt: skip
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="let web pages from this origin call the API (repeatable; default: none)")  # fmt: skip
-    p.add_argument("--parallel", type=int, metavar="N", help=f"generations decoded together (default {s.parallel}; "
-                   "each keeps the full --ctx, so KV memory is N contexts; 1 = one at a time)")  # fmt: skip
+    p.add_argument("--parallel", type=int, metavar="N", help="generations at once: decoded together by the local "
+                   f"model (default {s.local_parallel}; each keeps the full --ctx, so KV memory is N contexts), or "
+                   f"sent to --backend-url at once (default {s.backend_parallel})")  # fmt: skip
     p.add_argument("--max-queue", type=int, help=f"requests that may wait while --parallel are generating (default "
                    f"{s.max_queue}; more get 429)")  # fmt: skip
     p.add_argument("--backend-url", metavar="URL", help="generate with this OpenAI-compatible server (vLLM, "
@@ -198,7 +199,5 @@ def serve(p: argparse.ArgumentParser, c: Any) -> None:
     p.add_argument("--backend-model", metavar="NAME", help="the backend's model id (default: the one it serves)")
     p.add_argument("--backend-timeout", type=float, metavar="SECONDS", help="longest silence from the backend "
                    f"before a request fails with 504 (default {s.backend_timeout:g})")  # fmt: skip
-    p.add_argument("--backend-parallel", type=int, metavar="N", help="generations sent to the backend at once "
-                   f"(default {s.backend_parallel}; more wait, see --max-queue)")  # fmt: skip
     _policy_flag(p, c)
     _add_model_flags(p, c)

@@ -47,10 +47,10 @@ def run(
         raise UserError("--max-queue must be 0 or more")
     if not 0 < config.backend_timeout <= 3600:
         raise UserError("--backend-timeout must be between 0 and 3600 seconds")
-    if not 1 <= config.backend_parallel <= 1024:
-        raise UserError("--backend-parallel must be between 1 and 1024")
-    if config.parallel < 1:
-        raise UserError("--parallel must be 1 or more")
+    if config.parallel is None:
+        config.parallel = config.backend_parallel if config.backend_url else config.local_parallel
+    if not 1 <= config.parallel <= 1024:
+        raise UserError("--parallel must be between 1 and 1024")
     config.api_key, generated = resolve_key(config.api_key, config.api_key_file, config.no_auth, config.host)
     check_bind(config.host, config.api_key, config.allow_hosts)
     if config.backend_url is not None:
@@ -101,7 +101,7 @@ def _generator(config: ServeConfig, model: str | Path | None, runtime: RuntimeCo
 
     return connect(config.backend_url, config.backend_model, n_ctx=(runtime or RuntimeConfig()).n_ctx,
                    connect_timeout=config.backend_connect_timeout, read_timeout=config.backend_timeout,
-                   parallel=config.backend_parallel)  # fmt: skip
+                   parallel=config.parallel)  # fmt: skip
 
 
 @contextlib.contextmanager
