@@ -49,7 +49,7 @@ def git_doc_html(cache: Path = CACHE) -> list[Path]:
 
 
 def postgres_doc_html(cache: Path = CACHE) -> list[Path]:
-    """Sorted paths of PostgreSQL 15's HTML manual pages (postgresql-doc-15; the stylesheet and SVG figures left out)."""
+    """Sorted paths of PostgreSQL 15's HTML manual pages (postgresql-doc-15), without its stylesheet and figures."""
     return sorted((debian_package("postgresql-doc-15", cache) / "usr/share/doc/postgresql-doc-15/html").glob("*.html"))
 
 
