@@ -1,8 +1,10 @@
 """Benchmark corpora fetched from Debian archives (reused by bench/embeddings.py, bench/retrieval.py, bench/ocr.py).
 
-``git_doc_html()`` gives Debian's git documentation (~180 HTML manual pages) and ``r_doc_pdf()`` R's manuals as
-PDF (R-intro, R-data, ...: LaTeX/texinfo output with a real text layer), each through ``apt-get download``, so the
-benchmarks need no model hub and no scraping: one signed package from the configured apt mirror.
+``git_doc_html()`` gives Debian's git documentation (~180 HTML manual pages), ``postgres_doc_html()``
+PostgreSQL 15's manual (~1,170 DocBook HTML pages, each wrapped in the same navigation header and footer: a second
+retrieval corpus of a different kind, so choices are not tuned to git-doc alone) and ``r_doc_pdf()`` R's manuals
+as PDF (R-intro, R-data, ...: LaTeX/texinfo output with a real text layer), each through ``apt-get download``, so
+the benchmarks need no model hub and no scraping: one signed package from the configured apt mirror.
 """
 
 from __future__ import annotations
@@ -46,11 +48,16 @@ def git_doc_html(cache: Path = CACHE) -> list[Path]:
     return sorted((debian_package("git-doc", cache) / "usr/share/doc/git/html").glob("*.html"))
 
 
+def postgres_doc_html(cache: Path = CACHE) -> list[Path]:
+    """Sorted paths of PostgreSQL 15's HTML manual pages (postgresql-doc-15), without its stylesheet and figures."""
+    return sorted((debian_package("postgresql-doc-15", cache) / "usr/share/doc/postgresql-doc-15/html").glob("*.html"))
+
+
 def r_doc_pdf(cache: Path = CACHE) -> dict[str, Path]:
     """R's manuals as PDF, by name ("R-intro", "R-data", ...), from r-doc-pdf."""
     return {p.stem: p for p in sorted((debian_package("r-doc-pdf", cache) / "usr/share/R/doc/manual").glob("*.pdf"))}
 
 
 if __name__ == "__main__":
-    paths = git_doc_html()
-    print(f"{len(paths)} files, {sum(p.stat().st_size for p in paths) / 1e6:.1f} MB under {paths[0].parent}")
+    for paths in (git_doc_html(), postgres_doc_html()):
+        print(f"{len(paths)} files, {sum(p.stat().st_size for p in paths) / 1e6:.1f} MB under {paths[0].parent}")
