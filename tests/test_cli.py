@@ -139,6 +139,8 @@ def test_chat_once_uses_the_default_kb_unless_told_not_to(office_kb: Path, tiny_
         (["ask", "anything", "--kb", "nope"], "no knowledge base 'nope'"),
         (["ask", "  "], "empty"),
         (["ask", "q", "-k", "0"], "k must be at least 1"),
+        (["kb", "adapt", "nope"], "no knowledge base 'nope'"),
+        (["kb", "adapt", "--kb", "nope", "--undo"], "no knowledge base 'nope'"),
     ],
 )
 def test_grounding_user_errors(argv: list[str], message: str, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -71,10 +71,10 @@ def test_the_loop_runs_every_stage_in_its_plan_and_records_the_model(
     state = loop.run([folder], kb="t", time="1h", stages=fake_stages(log))
     assert _calls(log) == list(loop.STAGES) and state["finished"]
     planned = {line.split()[0]: float(line.split()[1]) for line in log.read_text().splitlines()}
-    assert planned["ingest"] == 0 and planned["tune"] > planned["data"] > 0
+    assert planned["ingest"] == 0 and planned["tune"] > planned["data"] > planned["adapt"] > 0
     assert sum(state["plan"].values()) <= 3600 + 1
     err = capsys.readouterr().err
-    assert "plan for the" in err and "done by" in err and "[3/5] tune" in err
+    assert "plan for the" in err and "done by" in err and "[4/6] tune" in err
     assert catalog.learned_model("t") == state["learned_model"] == catalog.kb_info("t")["learned_model"]
     assert api._model_for(None, "t") == state["learned_model"]  # ask/chat/serve use it unless told otherwise
     assert api._model_for("default", "t") == "default" and api._model_for(None, "other") == "default"
@@ -135,14 +135,14 @@ def test_a_restart_starts_anew(folder: Path, tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         loop.run([folder], kb="t", time="1h", stages=fake_stages(log, "tune"))
     loop.run([folder], kb="t", time="1h", restart=True, stages=fake_stages(log))
-    assert _calls(log) == ["ingest", "data", "tune", *loop.STAGES]
+    assert _calls(log) == ["ingest", "adapt", "data", "tune", *loop.STAGES]
 
 
 def test_the_plan_splits_the_time_left() -> None:
     config = LearnConfig()
     for left in (600.0, 1800.0, 7200.0):
         planned = loop.plan(left, config)
-        assert set(planned) == {"data", "tune", "export", "eval"}
+        assert set(planned) == {"adapt", "data", "tune", "export", "eval"}
         assert abs(sum(planned.values()) - left) <= 2 and planned["tune"] > planned["data"]
     assert loop.plan(30, config)["eval"] == 60  # never a report without questions
 
@@ -156,6 +156,7 @@ def test_a_stage_that_runs_over_takes_its_time_from_the_later_ones(
     stages = fake_stages(tmp_path / "log")
 
     def slow_data(state: dict[str, Any], seconds: float, config: LearnConfig, progress: bool) -> dict[str, Any]:
+        given["data"] = seconds
         now[0] += 3 * seconds  # three times its plan
         return {"made": "data"}
 
@@ -169,4 +170,15 @@ def test_a_stage_that_runs_over_takes_its_time_from_the_later_ones(
     state = loop.run([folder], kb="t", time="1h", stages={**stages, "data": slow_data, "tune": recording("tune")})
     first = state["plan"]
     assert given["tune"] < first["tune"]
-    assert given["tune"] == loop.plan(3600 - 3 * first["data"], LearnConfig(), ("tune", "export", "eval"))["tune"]
+    assert given["tune"] == loop.plan(3600 - 3 * given["data"], LearnConfig(), ("tune", "export", "eval"))["tune"]
+
+
+def test_the_adapt_stage_says_why_it_skipped_and_the_loop_goes_on(nomoat_home: Path, tmp_path: Path) -> None:
+    from nomoat.kb import ingest
+    from nomoat.pipeline import stages
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.md").write_text("# A\n\nOne short document about nothing much at all.\n")
+    ingest.run([tmp_path / "d"], "t", embedder=FakeEmbedder(), progress=False)
+    result = stages.adapt({"kb": "t"}, 60.0, LearnConfig(), False)
+    assert result["kept"] is False and "kb adapt tunes" in result["skipped"]

@@ -301,8 +301,8 @@ def learn(
     restart: bool = False,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """``nomoat learn FOLDER``: ingest -> data build -> tune -> export -> eval in one ``time`` budget (default
-    ``"2h"``), resumable (``resume``); afterwards ask/chat/serve on ``kb`` use the learned model. Returns
+    """``nomoat learn FOLDER``: ingest -> kb adapt -> data build -> tune -> export -> eval in one ``time`` budget
+    (default ``"2h"``), resumable (``resume``); afterwards ask/chat/serve on ``kb`` use the learned model. Returns
     ``{"learned_model", "report", "gain", "stages", ...}``."""
     from nomoat.pipeline import loop
 
@@ -321,6 +321,17 @@ def kb_info(name: str = DEFAULT_KB) -> dict[str, Any]:
     from nomoat.kb import catalog
 
     return catalog.kb_info(name)
+
+
+def adapt_kb(
+    name: str = DEFAULT_KB, *, time: str | float | None = None, undo: bool = False, progress: bool = False
+) -> dict[str, Any]:
+    """``nomoat kb adapt``: tune the KB's query encoder on pseudo questions of its own chunks within ``time``
+    (default ``AdaptConfig.time``), kept only if held-out recall@5 improves; ``undo`` returns to the stock one.
+    Returns ``{"kept", "held_out": {"before", "after"}, "encoder", ...}`` (or ``{"undone"}``)."""
+    from nomoat.adapt.run import adapt
+
+    return adapt(name, time_budget=time, undo=undo, progress=progress)
 
 
 def remove_kb(name: str) -> str:

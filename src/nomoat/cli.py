@@ -186,8 +186,15 @@ def cmd_kb(args: argparse.Namespace) -> None:
     from nomoat import api
     from nomoat.kb import catalog
 
+    args.name = args.name or args.kb_name
     if args.action == "list":
         _emit(args, api.list_kbs(), catalog.format_kbs)
+    elif args.action == "adapt":
+        from nomoat.adapt.run import format_adapt
+
+        named = {"name": args.name} if args.name else {}
+        result = api.adapt_kb(**named, time=args.time, undo=args.undo, progress=True)
+        _emit(args, result, format_adapt)
     elif args.action == "info":
         _emit(args, api.kb_info(args.name) if args.name else api.kb_info(), catalog.format_kb_info)
     else:
@@ -210,7 +217,7 @@ COMMANDS: dict[str, Command] = {
     "tune": ("fine-tune a LoRA adapter on a chat dataset, within a time budget, resumable", flags.tune, cmd_tune),
     "export": ("merge a run's adapter and export GGUF / HF / Ollama files, parity-checked", flags.export, cmd_export),
     "eval": ("compare base, tuned, base+RAG and tuned+RAG on held-out questions", flags.evaluate, cmd_eval),
-    "kb": ("list, describe or remove knowledge bases", flags.kb, cmd_kb),
+    "kb": ("list, describe, remove or adapt knowledge bases", flags.kb, cmd_kb),
     "serve": ("OpenAI-compatible API and web UI on 127.0.0.1 (chat, embeddings, KB)", flags.serve, cmd_serve),
 }
 

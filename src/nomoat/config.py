@@ -153,6 +153,25 @@ class SearchConfig:
 
 
 @dataclass
+class AdaptConfig:
+    """``nomoat kb adapt``: the query encoder tuned on pseudo queries of the KB's own chunks (adapt/train.py)."""
+
+    time: str = "20m"
+    """Budget for the whole run; training gets what is left after the queries, the check and the export."""
+    held_out: float = 0.15
+    """Share of documents whose queries are never trained on: the gate judges the tuned encoder on them."""
+    min_gain: float = 0.01
+    """Keep the tuned encoder only if held-out recall@5 rises by at least this much."""
+    batch_size: int = 32
+    learning_rate: float = 3e-5
+    scale: float = 20.0  # logits = cosine x scale, as sentence-transformers' MultipleNegativesRankingLoss
+    anchor: float = 1.0  # weight of 1 - cos(tuned, stock vector) per query: stays near the model it started from
+    max_query_tokens: int = 64
+    max_queries: int = 40000
+    seed: int = 0
+
+
+@dataclass
 class RagConfig:
     """Answering from a knowledge base (``nomoat ask``, grounded chat): retrieval, prompt budget, checks."""
 
@@ -303,8 +322,10 @@ class LearnConfig:
 
     time: str = "2h"
     """The whole budget. Ingest takes what it needs; the rest is split by the shares below."""
+    adapt_share: float = 0.1
+    """Share of the time left after ingest for ``nomoat kb adapt`` (the retriever learns the files first)."""
     data_share: float = 0.2
-    """Share of the time left after ingest for model-written training pairs (``nomoat data build --time``)."""
+    """Share for model-written training pairs (``nomoat data build --time``)."""
     tune_share: float = 0.55
     """Share for ``nomoat tune --time`` (the rest, less export, goes to eval)."""
     tune_lora_layers: float = 0.33

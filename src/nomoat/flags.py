@@ -86,9 +86,15 @@ def search(p: argparse.ArgumentParser, c: Any) -> None:
 
 
 def kb(p: argparse.ArgumentParser, c: Any) -> None:
-    p.add_argument("action", choices=["list", "info", "remove"], help="list all, describe one, or delete one")
-    p.add_argument("name", nargs="?", help=f"knowledge base name (info: default '{c.DEFAULT_KB}')")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("action", choices=["list", "info", "remove", "adapt"],
+                   help="list all, describe one, delete one, or adapt one's search to its own files (kb adapt: a "
+                   "query encoder tuned on questions made from the KB's chunks, kept only if held-out recall "
+                   "improves)")  # fmt: skip
+    p.add_argument("name", nargs="?", help=f"knowledge base name (info, adapt: default '{c.DEFAULT_KB}')")
+    p.add_argument("--kb", dest="kb_name", metavar="NAME", help="the same as NAME")
+    p.add_argument("--time", help=f"adapt: time budget, e.g. 20m or 1h (default {c.AdaptConfig.time})")
+    p.add_argument("--undo", action="store_true", help="adapt: go back to the stock query encoder")
+    p.add_argument("--json", action="store_true", help="machine-readable output (progress stays on stderr)")
 
 
 def data(p: argparse.ArgumentParser, c: Any) -> None:

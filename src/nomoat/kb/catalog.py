@@ -9,6 +9,7 @@ from typing import Any
 
 from nomoat import paths
 from nomoat.errors import UserError
+from nomoat.kb import queryenc
 from nomoat.kb.schema import Connection, embedder_of, get_meta, set_meta
 from nomoat.kb.store import connect, kb_lock, transaction
 
@@ -48,6 +49,7 @@ def kb_info(name: str) -> dict[str, Any]:
         info["created_at"] = get_meta(conn, "created_at")
         info["schema"] = conn.execute("PRAGMA user_version").fetchone()[0]
         info["learned_model"] = get_meta(conn, "learned_model")
+        info["query_encoder"] = queryenc.describe(queryenc.record(conn)) or "stock (run `nomoat kb adapt` to adapt it)"
     return info
 
 
@@ -78,6 +80,7 @@ def remove_kb(name: str) -> str:
         for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
+    queryenc.remove_unused(name)
     with contextlib.suppress(FileNotFoundError):
         path.with_suffix(".lock").unlink()
     return str(path)

@@ -241,6 +241,23 @@ def load_embedder(name: str) -> Embedder:
         return _load(name)
 
 
+@functools.lru_cache(maxsize=4)
+def _load_folder(folder: Path, sha256: str, name: str) -> Embedder:
+    import hashlib
+
+    model = folder / "model.onnx"
+    if not model.is_file() or hashlib.sha256(model.read_bytes()).hexdigest() != sha256:
+        raise UserError(f"the adapted query encoder {folder} is missing or changed: run `nomoat kb adapt --undo`")
+    return OnnxEmbedder(model, folder, name=name)
+
+
+def load_folder(folder: Path, sha256: str, name: str) -> Embedder:
+    """An ONNX embedder folder (``model.onnx``, ``tokenizer.json``) that ``kb adapt`` wrote, loaded once per
+    process after checking its sha256 against the one recorded. Raises ``UserError`` if missing or changed."""
+    with _lock:
+        return _load_folder(folder, sha256, name)
+
+
 def default_embedder() -> Embedder:
     """The default embedder (``DEFAULT_NAME``); the first call loads it (and builds it once per machine)."""
     return load_embedder(DEFAULT_NAME)

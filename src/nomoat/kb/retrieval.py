@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from nomoat.config import DEFAULT_KB, SearchConfig
 from nomoat.errors import UserError
-from nomoat.kb import store
+from nomoat.kb import queryenc, store
 
 if TYPE_CHECKING:
     from nomoat.kb.embeddings import Embedder
@@ -131,7 +131,11 @@ def search(
             rankings.append(store.fts_search(conn, match, n))
         if recorded := store.embedder_of(conn):
             vector = _query_embedder(recorded, embedder).embed([query])[0]
-            rankings.append(store.vector_search(conn, vector, n))
+            # An adapted query encoder (kb adapt) ranks; the stock vector's cosine still decides relevance
+            # downstream, because RagConfig.min_cosine is calibrated on it.
+            adapted = queryenc.load(kb, conn)
+            ranking = adapted.embed([query])[0] if adapted else vector
+            rankings.append(store.vector_search(conn, ranking, n))
         fused = rrf(rankings, config.rrf_k)
         rows = store.get_chunks(conn, [i for i, _ in fused])
         fused = _cap_per_document(fused, rows, config.per_document)[:k]

@@ -123,6 +123,7 @@ def set_embedder(conn: Connection, name: str, dim: int) -> None:
     schema.create_vector_tables(conn, dim)
     schema.set_meta(conn, "embedder", name)
     schema.set_meta(conn, "embedder_dim", str(int(dim)))
+    conn.execute("DELETE FROM meta WHERE key = 'query_encoder'")  # it was trained against the old vectors
 
 
 def put_vectors(conn: Connection, chunk_ids: Sequence[int], vectors: np.ndarray) -> None:
@@ -132,6 +133,14 @@ def put_vectors(conn: Connection, chunk_ids: Sequence[int], vectors: np.ndarray)
     if info is None or vectors.ndim != 2 or vectors.shape != (len(chunk_ids), info[1]):
         raise ValueError(f"vectors of shape {vectors.shape} for {len(chunk_ids)} chunks, KB embedder {info}")
     schema.insert_vectors(conn, chunk_ids, vectors)
+
+
+def all_vectors(conn: Connection) -> tuple[list[int], np.ndarray]:
+    """Every chunk id (ascending) and its stored vector: ``(ids, (n, dim) float32)``; empty without vectors."""
+    info = embedder_of(conn)
+    rows = conn.execute("SELECT id, embedding FROM chunk_vectors ORDER BY id").fetchall() if info else []
+    dim = info[1] if info else 0
+    return [r[0] for r in rows], np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), dim)
 
 
 def all_chunk_texts(conn: Connection) -> list[tuple[int, str]]:

@@ -1,14 +1,16 @@
 """``nomoat learn FOLDER``: the learning loop in one command, within one time budget.
 
-ingest (or sync) the folder -> build RAG-format training data from the KB (:mod:`nomoat.dataset.raft`) -> tune a
+ingest (or sync) the folder -> adapt the KB's query encoder to it (``kb adapt``, kept only if held-out recall
+rises) -> build RAG-format training data from the KB (:mod:`nomoat.dataset.raft`) -> tune a
 LoRA on it -> export the first GGUF type that passes parity -> eval base vs tuned, with and without retrieval ->
 record the learned model in the KB, so ``ask``/``chat``/``serve`` on it use that model unless told otherwise.
 
 Ingest takes what it needs (it is incremental); the time left is split by :class:`nomoat.config.LearnConfig`'s
 shares into a plan that is printed, with an ETA per stage, before the first long stage starts. State lives in
 ``$NOMOAT_HOME/learn/<kb>/state.json``, written atomically after every stage; each stage resumes on its own (ingest
-is incremental, data build keeps a state file, tune resumes its checkpoint, eval caches answers), so after Ctrl-C
-or a kill ``nomoat learn --resume`` goes on from the stage that was running.
+is incremental, a killed adapt left the KB as it was and starts over, data build keeps a state file, tune resumes
+its checkpoint, eval caches answers), so after Ctrl-C or a kill ``nomoat learn --resume`` goes on from the stage
+that was running.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from nomoat import paths
 from nomoat.config import DEFAULT_KB, DEFAULT_MODEL, LearnConfig, parse_duration
 from nomoat.errors import UserError
 
-STAGES = ("ingest", "data", "tune", "export", "eval")
+STAGES = ("ingest", "adapt", "data", "tune", "export", "eval")
 State = dict[str, Any]
 Stage = Callable[[State, float, LearnConfig, bool], dict[str, Any]]
 """A stage: (state, seconds planned, config, progress) -> what it made (kept in the state)."""
@@ -121,14 +123,19 @@ def _seconds(value: str | float) -> float:
     return seconds
 
 
-def plan(left_s: float, config: LearnConfig, stages: Sequence[str] = ("data", "tune", "export", "eval")
+def plan(left_s: float, config: LearnConfig, stages: Sequence[str] = ("adapt", "data", "tune", "export", "eval")
          ) -> dict[str, float]:  # fmt: skip
     """Seconds for each of ``stages`` from the time left: export a fixed estimate, the others by their shares of
     the rest (eval never below a minute: a report with no questions says nothing). The loop plans again before
     every stage, so a stage that ran over takes its time from the ones after it, not from the budget."""
     left = max(0.0, left_s)
     export = min(config.export_s, 0.25 * left) if "export" in stages else 0.0
-    weights = {"data": config.data_share, "tune": config.tune_share, "eval": 1 - config.data_share - config.tune_share}
+    weights = {
+        "adapt": config.adapt_share,
+        "data": config.data_share,
+        "tune": config.tune_share,
+        "eval": 1 - config.adapt_share - config.data_share - config.tune_share,
+    }
     share = {s: weights[s] for s in stages if s in weights}
     out = {s: (left - export) * w / sum(share.values()) for s, w in share.items()} | {"export": export}
     if "eval" in out:
@@ -162,8 +169,8 @@ def _say(progress: bool, text: str) -> None:
 def real_stages() -> dict[str, Stage]:
     from nomoat.pipeline import stages
 
-    return {"ingest": stages.ingest, "data": stages.data, "tune": stages.tune, "export": stages.export,
-            "eval": stages.evaluate}  # fmt: skip
+    return {"ingest": stages.ingest, "adapt": stages.adapt, "data": stages.data, "tune": stages.tune,
+            "export": stages.export, "eval": stages.evaluate}  # fmt: skip
 
 
 def format_learn(state: State) -> str:

@@ -23,6 +23,18 @@ def ingest(state: State, seconds: float, config: LearnConfig, progress: bool) ->
             ("added", "updated", "unchanged", "removed", "failed", "chunks")}  # fmt: skip
 
 
+def adapt(state: State, seconds: float, config: LearnConfig, progress: bool) -> dict[str, Any]:
+    """``nomoat kb adapt --time SECONDS``: a killed run left the KB as it was, so a rerun simply starts over. A KB
+    too small to adapt (or a budget too short) is no reason to stop the loop: the stage says why and goes on."""
+    from nomoat.adapt.run import adapt as stage
+
+    try:
+        result = stage(state["kb"], time_budget=seconds, progress=progress)
+    except UserError as exc:
+        return {"kept": False, "skipped": str(exc)}
+    return {"kept": result["kept"], "held_out": result["held_out"], "encoder": result["encoder"]}
+
+
 def data(state: State, seconds: float, config: LearnConfig, progress: bool) -> dict[str, Any]:
     """``nomoat data build --for rag --time SECONDS``: its model phase resumes from its own state file."""
     from nomoat.dataset import curate
