@@ -43,6 +43,8 @@ def main() -> None:
     ap.add_argument("--time", default="20m", help="kb adapt --time")
     ap.add_argument("--split", choices=["all", "tune", "report"], default="all")
     ap.add_argument("--keep", action="store_true", help="keep the tuned encoder even if the gate would not")
+    ap.add_argument("--kinds", help="pseudo questions to train on, comma-separated (default: AdaptConfig.kinds)")
+    ap.add_argument("--anchor", type=float, help="AdaptConfig.anchor")
     args = ap.parse_args()
     os.environ["NOMOAT_HOME"] = str(CACHE / "nomoat-home")
     from nomoat.adapt.run import adapt, format_adapt
@@ -60,6 +62,10 @@ def main() -> None:
     from nomoat.config import AdaptConfig
 
     config = AdaptConfig(min_gain=-1.0) if args.keep else AdaptConfig()
+    if args.kinds:
+        config.kinds = tuple(args.kinds.split(","))
+    if args.anchor is not None:
+        config.anchor = args.anchor
     result = adapt(kb, time_budget=args.time, progress=True, config=config)
     wall = time.perf_counter() - t
     after = quality(kb, questions, adapted=True)
@@ -67,6 +73,7 @@ def main() -> None:
         chunks = conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
     print(f"\n## kb adapt on {args.corpus} ({chunks} chunks; {len(questions)} questions, split {args.split})")
     print(format_adapt(result))
+    print(f"trained on {result['queries']['kinds']}; anchor {config.anchor}")
     print(f"adapt wall time {wall:.0f} s (budget {args.time})\n")
     print("| | recall@1 | recall@5 | recall@10 | MRR |\n|---|---:|---:|---:|---:|")
     for name in before:

@@ -180,5 +180,6 @@ def test_the_adapt_stage_says_why_it_skipped_and_the_loop_goes_on(nomoat_home: P
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "a.md").write_text("# A\n\nOne short document about nothing much at all.\n")
     ingest.run([tmp_path / "d"], "t", embedder=FakeEmbedder(), progress=False)
-    result = stages.adapt({"kb": "t"}, 60.0, LearnConfig(), False)
+    result = stages.adapt({"kb": "t"}, 60.0, LearnConfig(adapt_share=0.1), False)
     assert result["kept"] is False and "kb adapt tunes" in result["skipped"]
+    assert "off in learn" in stages.adapt({"kb": "t"}, 60.0, LearnConfig(adapt_share=0.0), False)["skipped"]

@@ -83,6 +83,24 @@ def test_rrf_fuses_ranks():
     assert retrieval.rrf([]) == []
 
 
+def test_rrf_weights_each_ranking():
+    fused = retrieval.rrf([[1, 2], [2, 1]], k=10, weights=[1.0, 2.0])
+    assert [i for i, _ in fused] == [2, 1]
+    assert fused[0][1] == pytest.approx(1 / 12 + 2 / 11)
+
+
+def test_documents_with_several_matching_chunks_add_up():
+    fused = [(1, 0.10), (2, 0.09), (3, 0.08), (4, 0.07)]
+    paths = {1: "a", 2: "b", 3: "b", 4: "c"}
+    assert [i for i, _ in retrieval.by_document(fused, paths, 1)] == [1, 2, 4]  # best chunk alone: a first
+    ranked = retrieval.by_document(fused, paths, 1, evidence=0.5)
+    assert [i for i, _ in ranked] == [2, 1, 4]  # b's second chunk is evidence: 0.09 + 0.04 > 0.10
+    assert ranked[0][1] == pytest.approx(0.13) and [s for _, s in ranked] == sorted(
+        (s for _, s in ranked), reverse=True
+    )
+    assert [i for i, _ in retrieval.by_document(fused, paths, 0, evidence=0.5)] == [2, 3, 1, 4]  # no cap
+
+
 def test_search_contract_and_ranking(kb):
     hits = nomoat.search("orchard apples", kb="t", k=2, embedder=FakeEmbedder())
     assert len(hits) == 2

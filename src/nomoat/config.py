@@ -140,32 +140,32 @@ class IngestConfig:
 class SearchConfig:
     """Fusing BM25 and vector search."""
 
-    candidates: int = 50
-    """Hits taken from each of BM25 and vector search before fusion (at least k)."""
-    rrf_k: int = 60
-    """Reciprocal rank fusion constant: score = sum(1 / (rrf_k + rank)); 60 from Cormack et al., SIGIR 2009."""
-    k: int = 5
-    """Results ``nomoat search`` shows."""
+    candidates: int = 50  # hits taken from each of BM25 and vector search before fusion (at least k)
+    rrf_k: int = 10  # reciprocal rank fusion: score = sum(w / (rrf_k + rank)); tuned by bench/fusion.py
+    k: int = 5  # results `nomoat search` shows
     per_document: int = 1
-    """Most chunks one document may place in the results (0 = no cap): a long page matching a query everywhere
-    would otherwise fill the top k and push out the other pages that answer it. On git-doc, cap 1 vs none:
-    recall@10 0.80 vs 0.70, recall@5 0.64 vs 0.60 (bench/retrieval.py; docs/benchmarks.md)."""
+    """Most chunks one document may place in the results (0 = no cap), so a long page cannot fill the top k. On
+    git-doc, cap 1 vs none: recall@10 0.80 vs 0.70, recall@5 0.64 vs 0.60 (docs/benchmarks.md)."""
+    fts_weights: tuple[float, float, float] = (1.0, 0.5, 0.0)
+    """bm25() weights of the chunk text, its heading and its document's fields (file name, title)."""
+    vector_weight: float = 1.5
+    """Weight of the vector ranking in the fusion (BM25's is 1); with rrf_k and document_evidence, bench/fusion.py."""
+    document_evidence: float = 0.5
+    """Documents rank by their best chunk's score plus this times the sum of their other chunks' scores."""
 
 
 @dataclass
 class AdaptConfig:
     """``nomoat kb adapt``: the query encoder tuned on pseudo queries of the KB's own chunks (adapt/train.py)."""
 
-    time: str = "20m"
-    """Budget for the whole run; training gets what is left after the queries, the check and the export."""
-    held_out: float = 0.15
-    """Share of documents whose queries are never trained on: the gate judges the tuned encoder on them."""
-    min_gain: float = 0.01
-    """Keep the tuned encoder only if held-out recall@5 rises by at least this much."""
+    time: str = "20m"  # the whole run; training gets what the queries, the check and the export leave
+    held_out: float = 0.15  # share of documents never trained on: the gate judges the tuned encoder on them
+    min_gain: float = 0.01  # kept only if held-out recall@5 rises by at least this much
     batch_size: int = 32
     learning_rate: float = 3e-5
     scale: float = 20.0  # logits = cosine x scale, as sentence-transformers' MultipleNegativesRankingLoss
     anchor: float = 1.0  # weight of 1 - cos(tuned, stock vector) per query: stays near the model it started from
+    kinds: tuple[str, ...] = ("heading", "extract", "sentence")  # pseudo questions used (adapt/queries.py)
     max_query_tokens: int = 64
     max_queries: int = 40000
     seed: int = 0

@@ -67,7 +67,7 @@ def adapt(
         raise UserError(f"knowledge base '{kb}' has {len(set(documents))} documents; kb adapt needs {MIN_DOCUMENTS}")
     rng = random.Random(config.seed)
     held = _held_out(sorted(set(documents)), config.held_out, rng)
-    queries = pseudo_queries(chunks, rng)
+    queries = [q for q in pseudo_queries(chunks, rng) if q.kind in config.kinds]
     train_q = [q for q in queries if q.document not in held]
     check_q = [q for q in queries if q.document in held]
     rng.shuffle(train_q)

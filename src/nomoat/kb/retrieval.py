@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from nomoat.config import DEFAULT_KB, SearchConfig
 from nomoat.errors import UserError
@@ -61,12 +61,15 @@ def fts_query(text: str) -> str:
     return " OR ".join(f'"{t}"' for t in list(terms)[:_MAX_TERMS])
 
 
-def rrf(rankings: Sequence[Sequence[int]], k: int = 60) -> list[tuple[int, float]]:
-    """Reciprocal rank fusion: ``score(id) = sum over rankings of 1 / (k + rank)``, rank from 1. Best first."""
+def rrf(
+    rankings: Sequence[Sequence[int]], k: int = 60, weights: Sequence[float] | None = None
+) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion: ``score(id) = sum over rankings of weight / (k + rank)``, rank from 1 (weights
+    default to 1 each). Best first."""
     scores: dict[int, float] = {}
-    for ranking in rankings:
+    for ranking, weight in zip(rankings, weights or [1.0] * len(rankings), strict=True):
         for rank, item in enumerate(ranking, start=1):
-            scores[item] = scores.get(item, 0.0) + 1.0 / (k + rank)
+            scores[item] = scores.get(item, 0.0) + weight / (k + rank)
     return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
@@ -77,20 +80,23 @@ def _load(name: str) -> Embedder:
     return load_embedder(name)  # cached: a server answering many queries loads the model once
 
 
-def _cap_per_document(fused: list[tuple[int, float]], rows: dict[int, Any], cap: int) -> list[tuple[int, float]]:
-    """``fused`` without the chunks past the ``cap``-th of their document (order kept; cap 0 keeps all)."""
-    if cap < 1:
-        return fused
-    seen: dict[str, int] = {}
-    kept = []
+def by_document(
+    fused: list[tuple[int, float]], paths: dict[int, str], cap: int, evidence: float = 0.0
+) -> list[tuple[int, float]]:
+    """``fused`` (best first) with at most ``cap`` chunks per document (0 = no cap). With ``evidence`` > 0 the
+    documents are ordered by their best chunk's score plus ``evidence`` times the sum of their other chunks'
+    scores: a page several of whose chunks match is stronger evidence than one chunk of a page that matched once."""
+    chunks: dict[str, list[tuple[int, float]]] = {}
     for chunk_id, score in fused:
-        row = rows.get(chunk_id)
-        if row is None:
-            continue
-        seen[row["path"]] = seen.get(row["path"], 0) + 1
-        if seen[row["path"]] <= cap:
-            kept.append((chunk_id, score))
-    return kept
+        if chunk_id in paths:
+            chunks.setdefault(paths[chunk_id], []).append((chunk_id, score))
+    weight = {d: c[0][1] + evidence * sum(s for _, s in c[1:]) for d, c in chunks.items()}
+    if evidence <= 0:  # order by chunk, as fused: a document's second chunk may come before another's first
+        keep = {cid for c in chunks.values() for cid, _ in (c[:cap] if cap > 0 else c)}
+        return [(cid, s) for cid, s in fused if cid in keep]
+    order = sorted(chunks, key=lambda d: -weight[d])
+    # every chunk shown carries its document's score, so the scores printed go down the list as the hits do
+    return [(cid, weight[d]) for d in order for cid, _ in (chunks[d][:cap] if cap > 0 else chunks[d])]
 
 
 def _query_embedder(recorded: tuple[str, int], given: Embedder | None) -> Embedder:
@@ -128,7 +134,7 @@ def search(
         n = max(config.candidates, k)
         rankings, cosine = [], {}
         if match := fts_query(query):
-            rankings.append(store.fts_search(conn, match, n))
+            rankings.append(store.fts_search(conn, match, n, config.fts_weights))
         if recorded := store.embedder_of(conn):
             vector = _query_embedder(recorded, embedder).embed([query])[0]
             # An adapted query encoder (kb adapt) ranks; the stock vector's cosine still decides relevance
@@ -136,9 +142,11 @@ def search(
             adapted = queryenc.load(kb, conn)
             ranking = adapted.embed([query])[0] if adapted else vector
             rankings.append(store.vector_search(conn, ranking, n))
-        fused = rrf(rankings, config.rrf_k)
+        weights = [1.0, config.vector_weight] if len(rankings) == 2 else [1.0] * len(rankings)
+        fused = rrf(rankings, config.rrf_k, weights)
         rows = store.get_chunks(conn, [i for i, _ in fused])
-        fused = _cap_per_document(fused, rows, config.per_document)[:k]
+        paths = {i: r["path"] for i, r in rows.items()}
+        fused = by_document(fused, paths, config.per_document, config.document_evidence)[:k]
         ids = [i for i, _ in fused]
         if recorded:
             cosine = store.cosines(conn, vector, ids)

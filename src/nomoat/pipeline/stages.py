@@ -28,6 +28,8 @@ def adapt(state: State, seconds: float, config: LearnConfig, progress: bool) -> 
     too small to adapt (or a budget too short) is no reason to stop the loop: the stage says why and goes on."""
     from nomoat.adapt.run import adapt as stage
 
+    if config.adapt_share <= 0:
+        return {"kept": False, "skipped": "off in learn (LearnConfig.adapt_share): run `nomoat kb adapt` yourself"}
     try:
         result = stage(state["kb"], time_budget=seconds, progress=progress)
     except UserError as exc:
