@@ -150,6 +150,11 @@ class SearchConfig:
     """Most chunks one document may place in the results (0 = no cap): a long page matching a query everywhere
     would otherwise fill the top k and push out the other pages that answer it. On git-doc, cap 1 vs none:
     recall@10 0.80 vs 0.70, recall@5 0.64 vs 0.60 (bench/retrieval.py; docs/benchmarks.md)."""
+    common_terms: float = 0.05
+    """BM25 scores a query's phrases found in more than this fraction of the chunks only in chunks that also hold
+    a rarer one (kb/lexical.py; FTS5's own scores; 0 = FTS5's plain OR query, which scores every match). On
+    git-doc, 0.02 / 0.05 / 0.10 keep 84 / 95 / 100 % of plain BM25's top 10 and fused recall@1 0.36 / 0.44 /
+    0.44 (plain 0.44); at 100k chunks BM25 p95 27 / 32 / 50 ms vs plain 130 (bench/retrieval.py; benchmarks.md)."""
 
 
 @dataclass

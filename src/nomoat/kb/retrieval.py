@@ -128,7 +128,7 @@ def search(
         n = max(config.candidates, k)
         rankings, cosine = [], {}
         if match := fts_query(query):
-            rankings.append(store.fts_search(conn, match, n))
+            rankings.append(store.fts_search(conn, match, n, common=config.common_terms))
         if recorded := store.embedder_of(conn):
             vector = _query_embedder(recorded, embedder).embed([query])[0]
             rankings.append(store.vector_search(conn, vector, n))
