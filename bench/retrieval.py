@@ -150,7 +150,7 @@ def _overlap(old: list[int], new: list[int], k: int) -> float:
 def bench_quality(kb: str, questions: list[dict], common: list[float] | None = None) -> None:
     from rank_bm25 import BM25Okapi
 
-    from nomoat.kb import retrieval, store
+    from nomoat.kb import lexical, retrieval, store
     from nomoat.kb.embeddings import load_embedder
 
     variants = _lexical_variants(common)
@@ -174,7 +174,7 @@ def bench_quality(kb: str, questions: list[dict], common: list[float] | None = N
         match, plain = retrieval.fts_query(q["question"]), None
         for name, config in variants.items():
             t = time.perf_counter()
-            fts = store.fts_search(conn, match, 50, common=config.common_terms)
+            fts = lexical.fts_search(conn, match, 50, common=config.common_terms)
             fts_ms[name].append((time.perf_counter() - t) * 1000)
             plain = plain or fts
             same[name] += [_overlap(plain, fts, 10), _overlap(plain, fts, 50)]
@@ -209,7 +209,7 @@ def bench_quality(kb: str, questions: list[dict], common: list[float] | None = N
 # -- scale -----------------------------------------------------------------------------------------------------------
 def bench_scale(texts: list[str], n: int, questions: list[dict], common: list[float] | None = None) -> None:
     from nomoat import paths
-    from nomoat.kb import retrieval, store
+    from nomoat.kb import lexical, retrieval, store
 
     kb = "scale"
     t, built = time.perf_counter(), "reused"
@@ -233,7 +233,7 @@ def bench_scale(texts: list[str], n: int, questions: list[dict], common: list[fl
         match, plain = retrieval.fts_query(q["question"]), None
         for name, config in variants.items():
             t = time.perf_counter()
-            fts = store.fts_search(conn, match, 50, common=config.common_terms)
+            fts = lexical.fts_search(conn, match, 50, common=config.common_terms)
             fts_ms[name].append((time.perf_counter() - t) * 1000)
             plain = plain or fts
             same[name] += [_overlap(plain, fts, 10), _overlap(plain, fts, 50)]

@@ -117,7 +117,7 @@ def test_a_common_term_query_over_many_chunks_returns_the_rare_term_chunk_first(
     rare_doc = _write(conn, "/docs/island.txt", [C("a commit made on zanzibar")])
     rare_id = conn.execute("SELECT id FROM chunks WHERE doc_id = ?", (rare_doc,)).fetchone()[0]
     seen = _spy(monkeypatch)
-    ids = store.fts_search(conn, retrieval.fts_query("commit zanzibar"), 50, common=0.05)
+    ids = lexical.fts_search(conn, retrieval.fts_query("commit zanzibar"), 50, common=0.05)
     assert ids[0] == rare_id
     assert seen == ['"zanzibar"', '("commit") AND ("zanzibar")'], "the 400 commit-only chunks were not scored"
     conn.close()

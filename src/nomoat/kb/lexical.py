@@ -1,4 +1,4 @@
-"""BM25 over FTS5 without scoring every chunk that holds a common word (``store.fts_search`` calls this).
+"""BM25 over FTS5 without scoring every chunk that holds a common word (retrieval.search calls this).
 
 FTS5's ``bm25()`` scores every row matching any phrase of an OR query, so a question holding "commit" (in 58 % of
 a 100k-chunk KB) costs ~75 ms however rare its other words are. But ``bm25()`` is a *sum over the query's
@@ -27,9 +27,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-import sqlean
-
-Connection = sqlean.Connection
+from nomoat.kb import store
+from nomoat.kb.schema import Connection
 
 _OR_OF_PHRASES = re.compile(r'"[^"]*"(?: OR "[^"]*")*')  # what retrieval.fts_query builds
 _PHRASE = re.compile(r'"[^"]*"')
@@ -89,6 +88,15 @@ def _row_count(conn: Connection) -> int:
             if byte < 0x80:
                 return value
     return int(conn.execute("SELECT count(*) FROM chunks_fts_docsize").fetchone()[0])
+
+
+def fts_search(
+    conn: Connection, match: str, n: int, weights: Sequence[float] = store.FTS_WEIGHTS, *, common: float
+) -> list[int]:
+    """Chunk ids best first, like :func:`.store.fts_search` (which ``common`` <= 0 runs): :func:`search`."""
+    if common <= 0:
+        return store.fts_search(conn, match, n, weights)
+    return [i for i, _ in search(conn, match, n, weights, common=common, state=store.state(conn))]
 
 
 def search(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from nomoat.config import DEFAULT_KB, SearchConfig
 from nomoat.errors import UserError
-from nomoat.kb import store
+from nomoat.kb import lexical, store
 
 if TYPE_CHECKING:
     from nomoat.kb.embeddings import Embedder
@@ -128,7 +128,7 @@ def search(
         n = max(config.candidates, k)
         rankings, cosine = [], {}
         if match := fts_query(query):
-            rankings.append(store.fts_search(conn, match, n, common=config.common_terms))
+            rankings.append(lexical.fts_search(conn, match, n, common=config.common_terms))
         if recorded := store.embedder_of(conn):
             vector = _query_embedder(recorded, embedder).embed([query])[0]
             rankings.append(store.vector_search(conn, vector, n))

@@ -26,7 +26,7 @@ import sqlite_vec
 from nomoat import paths
 from nomoat.config import StoreConfig
 from nomoat.errors import UserError
-from nomoat.kb import lexical, schema
+from nomoat.kb import schema
 from nomoat.kb.schema import Connection, embedder_of
 
 
@@ -287,18 +287,17 @@ def documents_under(conn: Connection, root: str) -> list[sqlean.Row]:
 
 
 # --- reads for search -----------------------------------------------------------------------------------------------
-def fts_search(
-    conn: Connection, match: str, n: int, weights: Sequence[float] = (1.0, 0.5, 0.0), *, common: float = 0.0
-) -> list[int]:
+FTS_WEIGHTS = (1.0, 0.5, 0.0)
+"""bm25() weights of the text, heading and document-fields columns (kb/lexical.py uses the same)."""
+
+
+def fts_search(conn: Connection, match: str, n: int, weights: Sequence[float] = FTS_WEIGHTS) -> list[int]:
     """Chunk ids best first by BM25 for an FTS5 MATCH expression (already sanitised by the caller); ``weights``
     scale the text, heading and document-fields columns' BM25 (FTS5's bm25() takes one weight per column).
-
-    ``common`` > 0: phrases in more than that fraction of the chunks are only scored in chunks that also hold a
-    rarer phrase (:mod:`.lexical`; exact FTS5 scores, far fewer rows scored); 0 runs FTS5's plain OR query.
-    """
-    if common <= 0:
-        return [i for i, _ in lexical.ranked(conn, match, n, weights)]
-    return [i for i, _ in lexical.search(conn, match, n, weights, common=common, state=state(conn))]
+    FTS5's plain query: it scores every matching row; :func:`.lexical.fts_search` scores far fewer."""
+    w = ", ".join(f"{float(x):.6g}" for x in weights)  # numbers we format ourselves, never user text
+    sql = f"SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY bm25(chunks_fts, {w}) LIMIT ?"
+    return [r[0] for r in conn.execute(sql, (match, n))]
 
 
 def vector_search(conn: Connection, vector: np.ndarray, n: int, *, rerank: int = 2) -> list[int]:
