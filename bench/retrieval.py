@@ -22,9 +22,13 @@ none and count as "tune". Tune choices with --split tune and report them with --
   the same chunk texts with plain sentence-transformers all-MiniLM-L6-v2 (batch 32), right after, in the same
   process. The baseline is only the embedding step; nomoat's time includes reading, chunking and storing.
 * quality: gold-page recall@1/5/10 and MRR of nomoat search vs rank_bm25 over the same chunks (and nomoat's
-  FTS5-only and vector-only rankings, to show what fusion adds); p50/p95 query latency (warm).
-* scale: p95 search latency on a synthetic knowledge base of --scale chunks (corpus sentences reshuffled, random
-  unit vectors), queries embedded for real.
+  FTS5-only and vector-only rankings, to show what fusion adds); p50/p95 query latency (warm). The FTS5-only
+  and fused rows, and the latency, are shown for the old lexical search (FTS5's plain OR query) and the new
+  one (kb/lexical.py at SearchConfig.common_terms, or at each --common-terms value), with the share of the old
+  BM25 top 10 / top 50 the new one keeps.
+* scale: p50/p95 search latency on a synthetic knowledge base of --scale chunks (corpus sentences reshuffled,
+  random unit vectors), queries embedded for real; old and new lexical search side by side, queries
+  alternating which goes first, plus BM25 alone and the share of its top 10 / top 50 kept.
 * answers: with the bundled model, the share of answerable questions whose answer contains the expected fact
   (with retrieval via `ask`, and without: plain chat), correct citations, abstentions on the unanswerable
   ones, and answers stating a number their cited chunks lack (must be 0).
@@ -175,69 +179,139 @@ def _baseline_rate(texts: list[str]) -> float:
     return len(texts) / (time.perf_counter() - t)
 
 
-def _search(query: str, kb: str, k: int) -> list[dict]:
+def _search(query: str, kb: str, k: int, config=None) -> list[dict]:
     from nomoat.kb import retrieval
 
-    return retrieval.search(query, kb=kb, k=k)
+    return retrieval.search(query, kb=kb, k=k, config=config)
+
+
+def _lexical_variants(common: list[float] | None) -> dict[str, object]:
+    """``{label: SearchConfig}``: FTS5's plain OR query (the old lexical search) and the split one (kb/lexical.py)
+    at the default ``common_terms`` or at each value of --common-terms."""
+    from nomoat.config import SearchConfig
+
+    values = common or [SearchConfig().common_terms]
+    return {"old (plain FTS5 OR)": SearchConfig(common_terms=0.0)} | {
+        f"new (common > {c:g})": SearchConfig(common_terms=c) for c in values
+    }
+
+
+def _overlap(old: list[int], new: list[int], k: int) -> float:
+    return len(set(old[:k]) & set(new[:k])) / max(1, len(old[:k]))
 
 
 # -- quality ---------------------------------------------------------------------------------------------------------
-def bench_quality(kb: str, questions: list[dict]) -> None:
+def bench_quality(kb: str, questions: list[dict], common: list[float] | None = None) -> None:
     from rank_bm25 import BM25Okapi
 
-    from nomoat.kb import retrieval, store
+    from nomoat.kb import lexical, retrieval, store
     from nomoat.kb.embeddings import load_embedder
 
+    variants = _lexical_variants(common)
     conn = store.open_kb(kb, create=False)
     rows = conn.execute("SELECT c.id, c.text, d.path FROM chunks c JOIN documents d ON d.id = c.doc_id").fetchall()
     page_of = {r[0]: page(r[2]) for r in rows}
     bm25 = BM25Okapi([WORD.findall(r[1].lower()) for r in rows])
     embedder = load_embedder(store.embedder_of(conn)[0])
-    found: dict[str, list[int | None]] = {
-        "rank_bm25 (baseline)": [],
-        "nomoat FTS5 only": [],
-        "nomoat vectors only": [],
-        "nomoat search (fused)": [],
-    }
-    latency = []
+    found: dict[str, list[int | None]] = {"rank_bm25 (baseline)": []}
+    found |= {f"nomoat FTS5 only, {name}": [] for name in variants}
+    found["nomoat vectors only"] = []
+    found |= {f"nomoat search (fused), {name}": [] for name in variants}
+    latency: dict[str, list[float]] = {name: [] for name in variants}
+    fts_ms: dict[str, list[float]] = {name: [] for name in variants}
+    same: dict[str, list[float]] = {name: [] for name in variants}
     for q in questions:
         gold = {page(g) for g in q["gold"]}
         scores = bm25.get_scores(WORD.findall(q["question"].lower()))
         top = np.argsort(-scores)[:10]
         found["rank_bm25 (baseline)"].append(ranks([page(rows[i][2]) for i in top], gold))
-        fts = store.fts_search(conn, retrieval.fts_query(q["question"]), 10)
-        found["nomoat FTS5 only"].append(ranks([page_of[i] for i in fts], gold))
+        match, plain = retrieval.fts_query(q["question"]), None
+        for name, config in variants.items():
+            t = time.perf_counter()
+            fts = lexical.fts_search(conn, match, 50, common=config.common_terms)
+            fts_ms[name].append((time.perf_counter() - t) * 1000)
+            plain = plain or fts
+            same[name] += [_overlap(plain, fts, 10), _overlap(plain, fts, 50)]
+            found[f"nomoat FTS5 only, {name}"].append(ranks([page_of[i] for i in fts[:10]], gold))
         vec = store.vector_search(conn, embedder.embed([q["question"]])[0], 10)
         found["nomoat vectors only"].append(ranks([page_of[i] for i in vec], gold))
         for _ in range(3):
-            t = time.perf_counter()
-            hits = _search(q["question"], kb, 10)
-            latency.append((time.perf_counter() - t) * 1000)
-        found["nomoat search (fused)"].append(ranks([page(h["path"]) for h in hits], gold))
+            for name, config in variants.items():
+                t = time.perf_counter()
+                hits = _search(q["question"], kb, 10, config)
+                latency[name].append((time.perf_counter() - t) * 1000)
+        for name, config in variants.items():
+            hits = _search(q["question"], kb, 10, config)
+            found[f"nomoat search (fused), {name}"].append(ranks([page(h["path"]) for h in hits], gold))
     conn.close()
     print(f"\n## retrieval quality ({len(questions)} questions, {len(rows)} chunks)")
     print("| | recall@1 | recall@5 | recall@10 | MRR |\n|---|---:|---:|---:|---:|")
     for name, f in found.items():
         s = summarize(f)
         print(f"| {name} | {s['R@1']:.2f} | {s['R@5']:.2f} | {s['R@10']:.2f} | {s['MRR']:.3f} |")
-    print(
-        f"query latency (k=10, warm, incl. query embedding): p50 {pct(latency, 50):.1f} ms, "
-        f"p95 {pct(latency, 95):.1f} ms"
-    )
+    print("\n| lexical search | BM25 top 50 p50 / p95 ms | search p50 / p95 ms | plain's top 10 / top 50 kept |")
+    print("|---|---:|---:|---:|")
+    for name in variants:
+        print(
+            f"| {name} | {pct(fts_ms[name], 50):.1f} / {pct(fts_ms[name], 95):.1f} | "
+            f"{pct(latency[name], 50):.1f} / {pct(latency[name], 95):.1f} | "
+            f"{np.mean(same[name][0::2]):.3f} / {np.mean(same[name][1::2]):.3f} |"
+        )
+    print("(search: k=10, warm, incl. query embedding)")
 
 
 # -- scale -----------------------------------------------------------------------------------------------------------
-def bench_scale(texts: list[str], n: int, questions: list[dict]) -> None:
+def bench_scale(texts: list[str], n: int, questions: list[dict], common: list[float] | None = None) -> None:
+    from nomoat import paths
+    from nomoat.kb import lexical, retrieval, store
+
+    kb = "scale"
+    t, built = time.perf_counter(), "reused"
+    if not paths.kb_path(kb).exists():  # --keep-scale leaves an earlier run's KB in place
+        _build_scale(kb, texts, n)
+        built = f"built in {time.perf_counter() - t:.0f} s"
+    variants = _lexical_variants(common)
+    for q in questions[:5]:
+        for config in variants.values():
+            _search(q["question"], kb, 10, config)  # warm caches
+    latency: dict[str, list[float]] = {name: [] for name in variants}
+    fts_ms: dict[str, list[float]] = {name: [] for name in variants}
+    same: dict[str, list[float]] = {name: [] for name in variants}
+    conn = store.open_kb(kb, create=False)
+    for j, q in enumerate(questions):
+        order = list(variants.items())
+        for name, config in order if j % 2 else order[::-1]:  # alternate who goes first (warm caches)
+            t = time.perf_counter()
+            _search(q["question"], kb, 10, config)
+            latency[name].append((time.perf_counter() - t) * 1000)
+        match, plain = retrieval.fts_query(q["question"]), None
+        for name, config in variants.items():
+            t = time.perf_counter()
+            fts = lexical.fts_search(conn, match, 50, common=config.common_terms)
+            fts_ms[name].append((time.perf_counter() - t) * 1000)
+            plain = plain or fts
+            same[name] += [_overlap(plain, fts, 10), _overlap(plain, fts, 50)]
+    conn.close()
+    print(f"\n## scale: {n} synthetic chunks ({built}), {len(questions)} queries, k=10")
+    print("| lexical search | search p50 / p95 ms | BM25 top 50 p50 / p95 ms | plain's top 10 / top 50 kept |")
+    print("|---|---:|---:|---:|")
+    for name in variants:
+        print(
+            f"| {name} | {pct(latency[name], 50):.1f} / {pct(latency[name], 95):.1f} | "
+            f"{pct(fts_ms[name], 50):.1f} / {pct(fts_ms[name], 95):.1f} | "
+            f"{np.mean(same[name][0::2]):.3f} / {np.mean(same[name][1::2]):.3f} |"
+        )
+
+
+def _build_scale(kb: str, texts: list[str], n: int) -> None:
     from nomoat.kb import store
     from nomoat.kb.embeddings import DEFAULT_NAME
 
-    kb = "scale"
     rng = random.Random(0)
     sentences = [s for t in texts for s in re.split(r"(?<=[.!?])\s+", t) if len(s) > 20]
     conn = store.open_kb(kb)
     with store.transaction(conn):
         store.set_embedder(conn, DEFAULT_NAME, 384)
-    t = time.perf_counter()
     per_doc, vrng = 100, np.random.default_rng(0)
     for d in range(n // per_doc):
         chunks = []
@@ -249,16 +323,6 @@ def bench_scale(texts: list[str], n: int, questions: list[dict]) -> None:
         store.write_document(conn, store.DocumentRecord(f"/synthetic/doc{d}.txt", 0, 0, None), chunks, vectors)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
-    build = time.perf_counter() - t
-    for q in questions[:5]:
-        _search(q["question"], kb, 10)  # warm caches
-    latency = []
-    for q in questions:
-        t = time.perf_counter()
-        _search(q["question"], kb, 10)
-        latency.append((time.perf_counter() - t) * 1000)
-    print(f"\n## scale: {n} synthetic chunks (built in {build:.0f} s)")
-    print(f"search latency over {len(latency)} queries: p50 {pct(latency, 50):.1f} ms, p95 {pct(latency, 95):.1f} ms")
 
 
 class _Chunk:
@@ -354,6 +418,12 @@ def main() -> None:
     ap.add_argument("--corpus", choices=sorted(CORPORA), default="git-doc", help="which corpus and question files")
     ap.add_argument("--split", choices=("all", "tune", "report"), default="all", help="questions of this split only")
     ap.add_argument("--scale", type=int, default=100_000, help="chunks in the synthetic knowledge base")
+    ap.add_argument(
+        "--common-terms", type=float, nargs="*", help="SearchConfig.common_terms values to compare (default: its own)"
+    )
+    ap.add_argument(
+        "--keep-scale", action="store_true", help="reuse the synthetic KB of an earlier run of the same --scale"
+    )
     ap.add_argument("--baseline-sample", type=int, default=2000, help="chunks the baseline embeds (rate only)")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
@@ -381,11 +451,11 @@ def main() -> None:
             texts = [t for _, t in store.all_chunk_texts(conn)]
             conn.close()
         if "quality" in parts:
-            bench_quality(kb, answerable)
+            bench_quality(kb, answerable, args.common_terms)
         if "scale" in parts:
-            if (home / "kb" / "scale.sqlite").exists():
+            if (home / "kb" / "scale.sqlite").exists() and not args.keep_scale:
                 catalog.remove_kb("scale")
-            bench_scale(texts, args.scale, answerable)
+            bench_scale(texts, args.scale, answerable, args.common_terms)
         if "calibration" in parts or "answers" in parts:
             calibration(kb, questions)
         if "answers" in parts:

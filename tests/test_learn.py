@@ -71,7 +71,9 @@ def test_the_loop_runs_every_stage_in_its_plan_and_records_the_model(
     state = loop.run([folder], kb="t", time="1h", stages=fake_stages(log))
     assert _calls(log) == list(loop.STAGES) and state["finished"]
     planned = {line.split()[0]: float(line.split()[1]) for line in log.read_text().splitlines()}
-    assert planned["ingest"] == 0 and planned["tune"] > planned["data"] > planned["adapt"] > 0
+    assert (
+        planned["ingest"] == 0 and planned["tune"] > planned["data"] > 0 == planned["adapt"]
+    )  # adapt is off by default
     assert sum(state["plan"].values()) <= 3600 + 1
     err = capsys.readouterr().err
     assert "plan for the" in err and "done by" in err and "[4/6] tune" in err
@@ -144,6 +146,8 @@ def test_the_plan_splits_the_time_left() -> None:
         planned = loop.plan(left, config)
         assert set(planned) == {"adapt", "data", "tune", "export", "eval"}
         assert abs(sum(planned.values()) - left) <= 2 and planned["tune"] > planned["data"]
+    with_adapt = loop.plan(3600, LearnConfig(adapt_share=0.1))
+    assert with_adapt["data"] > with_adapt["adapt"] > 0
     assert loop.plan(30, config)["eval"] == 60  # never a report without questions
 
 

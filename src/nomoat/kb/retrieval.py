@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, TypedDict
 
 from nomoat.config import DEFAULT_KB, SearchConfig
 from nomoat.errors import UserError
-from nomoat.kb import queryenc, store
+from nomoat.kb import lexical, queryenc, store
 
 if TYPE_CHECKING:
     from nomoat.kb.embeddings import Embedder
@@ -134,7 +134,7 @@ def search(
         n = max(config.candidates, k)
         rankings, cosine = [], {}
         if match := fts_query(query):
-            rankings.append(store.fts_search(conn, match, n, config.fts_weights))
+            rankings.append(lexical.fts_search(conn, match, n, config.fts_weights, common=config.common_terms))
         if recorded := store.embedder_of(conn):
             vector = _query_embedder(recorded, embedder).embed([query])[0]
             # An adapted query encoder (kb adapt) ranks; the stock vector's cosine still decides relevance

@@ -24,7 +24,7 @@ import sqlean
 import sqlite_vec
 
 from nomoat import paths
-from nomoat.config import StoreConfig
+from nomoat.config import SearchConfig, StoreConfig
 from nomoat.errors import UserError
 from nomoat.kb import schema
 from nomoat.kb.schema import Connection, embedder_of
@@ -296,9 +296,14 @@ def documents_under(conn: Connection, root: str) -> list[sqlean.Row]:
 
 
 # --- reads for search -----------------------------------------------------------------------------------------------
-def fts_search(conn: Connection, match: str, n: int, weights: Sequence[float] = (1.0, 0.5, 0.0)) -> list[int]:
+FTS_WEIGHTS = SearchConfig.fts_weights
+"""bm25() weights of the text, heading and document-fields columns (kb/lexical.py uses the same)."""
+
+
+def fts_search(conn: Connection, match: str, n: int, weights: Sequence[float] = FTS_WEIGHTS) -> list[int]:
     """Chunk ids best first by BM25 for an FTS5 MATCH expression (already sanitised by the caller); ``weights``
-    scale the text, heading and document-fields columns' BM25 (FTS5's bm25() takes one weight per column)."""
+    scale the text, heading and document-fields columns' BM25 (FTS5's bm25() takes one weight per column).
+    FTS5's plain query: it scores every matching row; :func:`.lexical.fts_search` scores far fewer."""
     w = ", ".join(f"{float(x):.6g}" for x in weights)  # numbers we format ourselves, never user text
     sql = f"SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY bm25(chunks_fts, {w}) LIMIT ?"
     return [r[0] for r in conn.execute(sql, (match, n))]

@@ -148,6 +148,8 @@ def _print_plan(state: State, progress: bool) -> None:
     lines = [f"nomoat learn: plan for the {_minutes(state['budget_s'] - state['elapsed_s'])} left of "
              f"{_minutes(state['budget_s'])}:"]  # fmt: skip
     for name, seconds in state["plan"].items():
+        if not seconds and name == "adapt":  # off (LearnConfig.adapt_share)
+            continue
         now += seconds
         lines.append(f"  {name:7s} {_minutes(seconds):>8s}   done by {clock.strftime('%H:%M', clock.localtime(now))}")
     _say(progress, "\n".join(lines))
