@@ -22,7 +22,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 FUNCTION_OF = {  # command -> the API function its handler calls
     "chat": api.chat, "models": api.models, "ingest": api.ingest, "search": api.search, "ask": api.ask,
     "data": api.build_dataset, "tune": api.tune, "export": api.export, "eval": api.evaluate, "serve": api.serve,
-    "kb": api.kb_info, "learn": api.learn,
+    "kb": (api.kb_info, api.adapt_kb), "learn": api.learn,
 }  # fmt: skip
 OFFICE_MD = "# Office notes\n\nThe office wifi password is hunter42 and the router lives in room 3B.\n"
 
@@ -50,7 +50,8 @@ def test_help_lists_the_functions_and_the_readme_lists_the_same() -> None:
 def test_every_flag_is_an_argument_of_the_commands_function() -> None:
     assert set(FUNCTION_OF) == set(cli.COMMANDS)
     for command, parser in _subparsers().items():
-        params = set(inspect.signature(FUNCTION_OF[command]).parameters)
+        functions = FUNCTION_OF[command] if isinstance(FUNCTION_OF[command], tuple) else (FUNCTION_OF[command],)
+        params = {p for f in functions for p in inspect.signature(f).parameters}
         flags = _dests(parser) - ({"file"} if command == "data" else set())
         assert flags <= params, f"{command}: flags without an argument: {flags - params}"
     data = _dests(_subparsers()["data"])

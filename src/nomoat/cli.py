@@ -38,8 +38,8 @@ EPILOG = """examples:
 
 state lives in $NOMOAT_HOME (default: your user data folder); --model takes 'default', a .gguf file or a folder."""
 
-CLI_ONLY = {"json", "command", "handler", "debug", "action"}
-"""Parsed flags that are not arguments of the API function: output format and dispatch."""
+CLI_ONLY = {"json", "command", "handler", "debug", "action", "kb_name"}
+"""Parsed flags that are not arguments of the API function: output format, dispatch, ``kb --kb`` (NAME's alias)."""
 
 
 def _call(fn: Callable[..., Any], args: argparse.Namespace, **extra: Any) -> Any:

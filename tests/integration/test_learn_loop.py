@@ -37,9 +37,10 @@ def test_learn_runs_the_loop_and_ask_then_uses_the_learned_model(tmp_path: Path)
     proc = _nomoat(home, "learn", str(docs), "--kb", "notes", "--time", "3m", "--json")
     assert proc.returncode == 0, proc.stderr
     state = json.loads(proc.stdout)
-    assert state["finished"] and set(state["stages"]) == {"ingest", "data", "tune", "export", "eval"}
+    assert state["finished"] and set(state["stages"]) == {"ingest", "adapt", "data", "tune", "export", "eval"}
     assert state["stages"]["ingest"]["added"] == len(TEAMS) and state["stages"]["data"]["train"] > 0
-    assert "plan for the" in proc.stderr and "[5/5] eval" in proc.stderr
+    assert "plan for the" in proc.stderr and "[6/6] eval" in proc.stderr
+    assert "off in learn" in state["stages"]["adapt"]["skipped"]  # LearnConfig.adapt_share is 0
     rows = [json.loads(line) for line in Path(state["stages"]["data"]["data"]).read_text().splitlines()]
     assert all(r["meta"]["format"] == "rag" and r["messages"][0]["role"] == "system" for r in rows)
 
