@@ -200,11 +200,26 @@ def _overlap(old: list[int], new: list[int], k: int) -> float:
     return len(set(old[:k]) & set(new[:k])) / max(1, len(old[:k]))
 
 
+def _time_lexical(conn, query: str, variants: dict, fts_ms: dict, same: dict) -> dict[str, list[int]]:
+    """Each variant's BM25 top 50 for ``query``, timed into ``fts_ms``, and its overlap with the first (plain)
+    variant's top 10 and top 50 added to ``same``. Returns ``{variant: ids}``."""
+    from nomoat.kb import lexical, retrieval
+
+    match, plain, found = retrieval.fts_query(query), None, {}
+    for name, config in variants.items():
+        t = time.perf_counter()
+        found[name] = fts = lexical.fts_search(conn, match, 50, common=config.common_terms)
+        fts_ms[name].append((time.perf_counter() - t) * 1000)
+        plain = plain or fts
+        same[name] += [_overlap(plain, fts, 10), _overlap(plain, fts, 50)]
+    return found
+
+
 # -- quality ---------------------------------------------------------------------------------------------------------
 def bench_quality(kb: str, questions: list[dict], common: list[float] | None = None) -> None:
     from rank_bm25 import BM25Okapi
 
-    from nomoat.kb import lexical, retrieval, store
+    from nomoat.kb import store
     from nomoat.kb.embeddings import load_embedder
 
     variants = _lexical_variants(common)
@@ -225,13 +240,7 @@ def bench_quality(kb: str, questions: list[dict], common: list[float] | None = N
         scores = bm25.get_scores(WORD.findall(q["question"].lower()))
         top = np.argsort(-scores)[:10]
         found["rank_bm25 (baseline)"].append(ranks([page(rows[i][2]) for i in top], gold))
-        match, plain = retrieval.fts_query(q["question"]), None
-        for name, config in variants.items():
-            t = time.perf_counter()
-            fts = lexical.fts_search(conn, match, 50, common=config.common_terms)
-            fts_ms[name].append((time.perf_counter() - t) * 1000)
-            plain = plain or fts
-            same[name] += [_overlap(plain, fts, 10), _overlap(plain, fts, 50)]
+        for name, fts in _time_lexical(conn, q["question"], variants, fts_ms, same).items():
             found[f"nomoat FTS5 only, {name}"].append(ranks([page_of[i] for i in fts[:10]], gold))
         vec = store.vector_search(conn, embedder.embed([q["question"]])[0], 10)
         found["nomoat vectors only"].append(ranks([page_of[i] for i in vec], gold))
@@ -263,7 +272,7 @@ def bench_quality(kb: str, questions: list[dict], common: list[float] | None = N
 # -- scale -----------------------------------------------------------------------------------------------------------
 def bench_scale(texts: list[str], n: int, questions: list[dict], common: list[float] | None = None) -> None:
     from nomoat import paths
-    from nomoat.kb import lexical, retrieval, store
+    from nomoat.kb import store
 
     kb = "scale"
     t, built = time.perf_counter(), "reused"
@@ -284,13 +293,7 @@ def bench_scale(texts: list[str], n: int, questions: list[dict], common: list[fl
             t = time.perf_counter()
             _search(q["question"], kb, 10, config)
             latency[name].append((time.perf_counter() - t) * 1000)
-        match, plain = retrieval.fts_query(q["question"]), None
-        for name, config in variants.items():
-            t = time.perf_counter()
-            fts = lexical.fts_search(conn, match, 50, common=config.common_terms)
-            fts_ms[name].append((time.perf_counter() - t) * 1000)
-            plain = plain or fts
-            same[name] += [_overlap(plain, fts, 10), _overlap(plain, fts, 50)]
+        _time_lexical(conn, q["question"], variants, fts_ms, same)
     conn.close()
     print(f"\n## scale: {n} synthetic chunks ({built}), {len(questions)} queries, k=10")
     print("| lexical search | search p50 / p95 ms | BM25 top 50 p50 / p95 ms | plain's top 10 / top 50 kept |")

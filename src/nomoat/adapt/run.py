@@ -12,6 +12,7 @@ import random
 import shutil
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -62,16 +63,10 @@ def adapt(
         state = store.state(conn)
     # The lock is released while training: search, ask and serve read the KB as usual meanwhile, and a concurrent
     # ingest is detected at the end (the KB's state changed) rather than blocked for twenty minutes.
-    documents = [path for _, path, *_ in chunks]
+    documents = [path for _, path, *_ in chunks]  # row i of vectors is chunk i (both by id; store.verify)
     if len(set(documents)) < MIN_DOCUMENTS:
         raise UserError(f"knowledge base '{kb}' has {len(set(documents))} documents; kb adapt needs {MIN_DOCUMENTS}")
-    rng = random.Random(config.seed)
-    held = _held_out(sorted(set(documents)), config.held_out, rng)
-    queries = [q for q in pseudo_queries(chunks, rng) if q.kind in config.kinds]
-    train_q = [q for q in queries if q.document not in held]
-    check_q = [q for q in queries if q.document in held]
-    rng.shuffle(train_q)
-    train_q, check_q = train_q[: config.max_queries], check_q[:1000]
+    held, train_q, check_q = _questions(chunks, documents, config)
     if len(train_q) < 10 * config.batch_size or len(check_q) < 20:
         raise UserError(f"knowledge base '{kb}' yields too few questions to adapt to ({len(train_q)} for training)")
 
@@ -110,7 +105,8 @@ def adapt(
             result["encoder"] = str(_install(kb, state, staging, rec))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    result.update(kb=kb, queries={"train": len(train_q), "held_out": len(check_q), "kinds": _kinds(train_q)},
+    kinds = dict(Counter(q.kind for q in train_q))
+    result.update(kb=kb, queries={"train": len(train_q), "held_out": len(check_q), "kinds": kinds},
                   training=stats, seconds=round(time.perf_counter() - started, 1))  # fmt: skip
     return result
 
@@ -164,16 +160,15 @@ def _recorded_folder(kb: str, conn: store.Connection) -> Path | None:
     return queryenc.folder(kb, rec["sha256"]) if rec else None
 
 
-def _held_out(documents: list[str], share: float, rng: random.Random) -> set[str]:
-    n = min(max(1, round(len(documents) * share)), len(documents) - 1)
-    return set(rng.sample(documents, n))
-
-
-def _kinds(queries: list[Query]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for q in queries:
-        out[q.kind] = out.get(q.kind, 0) + 1
-    return out
+def _questions(chunks: list, documents: list[str], config: AdaptConfig) -> tuple[set[str], list[Query], list[Query]]:
+    """The held-out documents, the training questions (other documents', shuffled) and the held-out ones."""
+    rng = random.Random(config.seed)
+    names = sorted(set(documents))
+    held = set(rng.sample(names, min(max(1, round(len(names) * config.held_out)), len(names) - 1)))
+    queries = [q for q in pseudo_queries(chunks, rng) if q.kind in config.kinds]
+    train_q = [q for q in queries if q.document not in held]
+    rng.shuffle(train_q)
+    return held, train_q[: config.max_queries], [q for q in queries if q.document in held][:1000]
 
 
 def _budget(value: str | float) -> float:

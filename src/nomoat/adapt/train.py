@@ -153,11 +153,8 @@ def save(model: Any, base_dir: Path, folder: Path) -> Path:
     for name in ("tokenizer.json", "sentence_bert_config.json"):
         if (base_dir / name).exists():
             shutil.copyfile(base_dir / name, folder / name)
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:  # the weights only live until the export has read them
         model.save_pretrained(tmp, safe_serialization=True)
-        for name in ("tokenizer.json", "sentence_bert_config.json"):
-            if (base_dir / name).exists():
-                shutil.copyfile(base_dir / name, Path(tmp) / name)
         return build_onnx(Path(tmp), folder / "model.onnx")
 
 

@@ -90,10 +90,10 @@ def by_document(
     for chunk_id, score in fused:
         if chunk_id in paths:
             chunks.setdefault(paths[chunk_id], []).append((chunk_id, score))
-    weight = {d: c[0][1] + evidence * sum(s for _, s in c[1:]) for d, c in chunks.items()}
     if evidence <= 0:  # order by chunk, as fused: a document's second chunk may come before another's first
         keep = {cid for c in chunks.values() for cid, _ in (c[:cap] if cap > 0 else c)}
         return [(cid, s) for cid, s in fused if cid in keep]
+    weight = {d: c[0][1] + evidence * sum(s for _, s in c[1:]) for d, c in chunks.items()}
     order = sorted(chunks, key=lambda d: -weight[d])
     # every chunk shown carries its document's score, so the scores printed go down the list as the hits do
     return [(cid, weight[d]) for d in order for cid, _ in (chunks[d][:cap] if cap > 0 else chunks[d])]

@@ -1,7 +1,7 @@
 """``nomoat learn FOLDER``: the learning loop in one command, within one time budget.
 
-ingest (or sync) the folder -> adapt the KB's query encoder to it (``kb adapt``, kept only if held-out recall
-rises) -> build RAG-format training data from the KB (:mod:`nomoat.dataset.raft`) -> tune a
+ingest (or sync) the folder -> adapt the KB's query encoder to it (``kb adapt``; off unless
+``LearnConfig.adapt_share`` > 0) -> build RAG-format training data from the KB (:mod:`nomoat.dataset.raft`) -> tune a
 LoRA on it -> export the first GGUF type that passes parity -> eval base vs tuned, with and without retrieval ->
 record the learned model in the KB, so ``ask``/``chat``/``serve`` on it use that model unless told otherwise.
 
@@ -148,7 +148,7 @@ def _print_plan(state: State, progress: bool) -> None:
     lines = [f"nomoat learn: plan for the {_minutes(state['budget_s'] - state['elapsed_s'])} left of "
              f"{_minutes(state['budget_s'])}:"]  # fmt: skip
     for name, seconds in state["plan"].items():
-        if not seconds and name == "adapt":  # off (LearnConfig.adapt_share)
+        if not seconds:  # a stage whose share is 0 is off (kb adapt by default)
             continue
         now += seconds
         lines.append(f"  {name:7s} {_minutes(seconds):>8s}   done by {clock.strftime('%H:%M', clock.localtime(now))}")
