@@ -268,11 +268,15 @@ def rss_mib() -> float:
         return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS")) / 1024
 
 
-async def soak(url: str, key: str, seconds: float) -> dict[str, Any]:
+QUESTIONS = ("How do I undo the last commit?", "What does git stash do?", "How do I rename a branch?",
+             "capital of France?")  # fmt: skip
+
+
+async def soak(url: str, key: str, seconds: float, models: tuple[str, ...] = ("fake-model",)) -> dict[str, Any]:
     import httpx
 
     auth = {"Authorization": f"Bearer {key}"}
-    chat = {"model": "fake-model", "messages": [{"role": "user", "content": "capital of France?"}], "max_tokens": 16}
+    chat = {"model": models[0], "messages": [{"role": "user", "content": QUESTIONS[-1]}], "max_tokens": 16}
     stats: Counter[str] = Counter()
     ttft: list[float] = []
     deadline = time.monotonic() + seconds
@@ -280,8 +284,11 @@ async def soak(url: str, key: str, seconds: float) -> dict[str, Any]:
     async def well_formed(client: httpx.AsyncClient, stream: bool) -> None:
         while time.monotonic() < deadline:
             started = time.perf_counter()
+            body = {**chat, "model": random.choice(models),
+                    "messages": [{"role": "user", "content": random.choice(QUESTIONS)}]}  # fmt: skip
+            stats[f"model_{body['model']}"] += 1
             if stream:
-                async with client.stream("POST", url + "/v1/chat/completions", json={**chat, "stream": True},
+                async with client.stream("POST", url + "/v1/chat/completions", json={**body, "stream": True},
                                          headers=auth) as r:  # fmt: skip
                     first = True
                     async for line in r.aiter_lines():
@@ -290,10 +297,11 @@ async def soak(url: str, key: str, seconds: float) -> dict[str, Any]:
                             first = False
                     status = r.status_code
             else:
-                status = (await client.post(url + "/v1/chat/completions", json=chat, headers=auth)).status_code
+                status = (await client.post(url + "/v1/chat/completions", json=body, headers=auth)).status_code
             stats["well_formed"] += 1
             stats["5xx"] += status >= 500
             stats["429"] += status == 429
+            stats["other_non_200"] += status != 200 and status < 500 and status != 429
 
     async def hostile(client: httpx.AsyncClient) -> None:
         while time.monotonic() < deadline:
@@ -324,7 +332,7 @@ async def soak(url: str, key: str, seconds: float) -> dict[str, Any]:
                 else:
                     await client.get(url + "/v1/models", headers={"Authorization": "Bearer nope"})
 
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with httpx.AsyncClient(timeout=300) as client:
         await asyncio.gather(well_formed(client, True), well_formed(client, True), well_formed(client, False),
                              hostile(client), hostile(client))  # fmt: skip
     p95 = statistics.quantiles(ttft, n=20)[-1] if len(ttft) >= 20 else None
@@ -363,6 +371,58 @@ def serve_figures(soak_seconds: float) -> dict[str, Any]:
     return out
 
 
+def real_soak(seconds: float) -> dict[str, Any]:
+    """The soak against a real ``nomoat serve`` process: the bundled model, a KB of 30 git-doc pages (real
+    embedder), the default token auth given through $NOMOAT_API_KEY. RSS and tracebacks are the server's own."""
+    import httpx
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from corpus import git_doc_html
+
+    home = Path(os.environ["NOMOAT_HOME"])
+    pages = home / "pages"
+    pages.mkdir(parents=True, exist_ok=True)
+    for page in [p for p in git_doc_html() if p.name.startswith("git-")][:30]:
+        (pages / page.name).write_bytes(page.read_bytes())
+    nomoat = [sys.executable, "-m", "nomoat"]
+    subprocess.run([*nomoat, "ingest", str(pages), "--kb", "soak"], check=True, capture_output=True)
+    key, log = "soak-key-0123456789", home / "serve.log"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "NOMOAT_API_KEY": key}
+    with log.open("wb") as fh:
+        proc = subprocess.Popen([*nomoat, "serve", "--port", str(port), "--kb", "soak"], env=env, stdout=fh,
+                                stderr=subprocess.STDOUT)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            if proc.poll() is not None:
+                raise SystemExit(f"nomoat serve ended: {log.read_text()[-2000:]}")
+            time.sleep(0.5)
+        served = httpx.get(url + "/v1/models", headers={"Authorization": f"Bearer {key}"}).json()["data"]
+        models = tuple(m["id"] for m in served if "embed" not in m["id"])  # chat models and KBs
+        asyncio.run(soak(url, key, min(30.0, seconds), models))  # warm-up: the model and embedder loaded
+        before = _rss_of(proc.pid)
+        out = asyncio.run(soak(url, key, seconds, models))
+        out["rss_drift_mib"], out["rss_mib"] = round(_rss_of(proc.pid) - before, 1), round(before, 1)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    text = log.read_text(errors="replace")
+    out.update(seconds=seconds, models=list(models), log_lines=text.count("\n"),
+               log_tracebacks=text.count("Traceback"), server_exit=proc.returncode)  # fmt: skip
+    return out
+
+
+def _rss_of(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS")) / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--per-kind", type=int, default=1000)
@@ -370,10 +430,17 @@ def main() -> None:
     parser.add_argument("--file-timeout", type=float, default=10.0)
     parser.add_argument("--soak-seconds", type=float, default=60.0)
     parser.add_argument("--skip", choices=("fuzz", "serve"), action="append", default=[])
+    parser.add_argument("--real-soak", action="store_true",
+                        help="only the soak, against a real `nomoat serve` (bundled model, a git-doc KB)")
     parser.add_argument("--out", default="bench/.cache/robustness.json")
     parser.add_argument("--fuzz-kind", choices=KINDS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("NOMOAT_HOME", tempfile.mkdtemp(prefix="nomoat-robust-"))
+    if args.real_soak:
+        result = {"real_soak": real_soak(args.soak_seconds)}
+        print(json.dumps(result, indent=2))
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        return
     if args.fuzz_kind:
         print(json.dumps(fuzz_kind(args.fuzz_kind, args.per_kind, args.seed, args.file_timeout)))
         return
