@@ -258,6 +258,20 @@ def test_an_interrupted_build_resumes_without_asking_the_model_again(kb: Path, t
     assert not (tmp_path / "data.jsonl.state.jsonl").exists()
 
 
+def test_a_state_line_cut_by_a_crash_is_dropped_not_glued_to_the_next(kb: Path, tmp_path: Path) -> None:
+    out = tmp_path / "data.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        curate.build("t", out, model=_Interrupting(after=3), progress=False)
+    state = tmp_path / "data.jsonl.state.jsonl"
+    whole = state.read_text()
+    state.write_text(whole + '{"chunk_id": 99')  # a kill in the middle of writing the fourth entry
+    again = _Interrupting(after=2)
+    with pytest.raises(KeyboardInterrupt):
+        curate.build("t", out, model=again, progress=False)
+    lines = state.read_text().splitlines()
+    assert len(lines) == 5 and all("chunk_id" in json.loads(line) for line in lines)  # 3 + 2, each whole
+
+
 def test_no_model_and_max(kb: Path, tmp_path: Path) -> None:
     summary = curate.build("t", tmp_path / "d.jsonl", use_model=False, max_pairs=4, eval_fraction=0, target="chat",
                            progress=False)  # fmt: skip

@@ -193,6 +193,36 @@ def test_resume_after_ctrl_c_equals_an_uninterrupted_run(dataset: Path, tiny_ggu
     assert second["eval_loss_end"] == whole["eval_loss_end"]
 
 
+KILLS = {  # where a child process SIGKILLs itself
+    "before the first checkpoint": "kw['on_step'] = lambda r: r['step'] == 3 and os.kill(os.getpid(), signal.SIGKILL)",
+    "after the last checkpoint": "tune._Session._save_adapter = lambda *a: os.kill(os.getpid(), signal.SIGKILL)",
+}
+
+
+@pytest.mark.parametrize("moment", KILLS)
+def test_a_killed_run_resumes_to_what_an_uninterrupted_one_makes(
+    dataset: Path, tiny_gguf: Path, tmp_path: Path, moment: str
+) -> None:
+    whole = quick(dataset, tiny_gguf, tmp_path / "whole", steps=6)
+    code = (f"import os, signal, test_tune as t; from pathlib import Path; from nomoat.finetune import tune; "
+            f"kw = {{}}; {KILLS[moment]}; "
+            f"t.quick(Path({str(dataset)!r}), Path({str(tiny_gguf)!r}), Path({str(tmp_path / 'killed')!r}), steps=6, "
+            f"**kw)")  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=300).returncode == -9
+    found = runs.load_checkpoint(tmp_path / "killed")
+    assert (found is None) == (moment == "before the first checkpoint")  # the checkpoint is every 600 s
+    with pytest.raises(UserError, match="already holds a run"):  # -o again is refused: --resume is the way on
+        quick(dataset, tiny_gguf, tmp_path / "killed")
+    again = tune.run(resume=tmp_path / "killed", progress=False)
+    assert again["status"] == "complete" and again["steps"] == whole["steps"] == 6
+    a, b = adapter_tensors(tmp_path / "whole"), adapter_tensors(tmp_path / "killed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["step"] for r in runs.read_metrics(tmp_path / "killed")] == list(range(7))
+    with pytest.raises(UserError, match="complete"):
+        tune.run(resume=tmp_path / "killed", progress=False)
+
+
 def test_resume_refuses_a_new_plan_or_a_finished_run(dataset: Path, tiny_gguf: Path, tmp_path: Path) -> None:
     quick(dataset, tiny_gguf, tmp_path / "r", steps=2)
     with pytest.raises(UserError, match="own data and plan"):

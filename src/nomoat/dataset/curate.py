@@ -193,6 +193,7 @@ def _model_candidates(usable, model, output, budget, wanted, config, progress, r
 
     state_path = output.with_name(output.name + ".state.jsonl")
     done = _read_state(state_path)
+    _drop_torn_tail(state_path)  # else the next entry would be glued onto the cut line, and lost with it
     gen = GenerationConfig(max_tokens=config.model_answer_tokens, temperature=config.model_temperature)
     chunk_by_id = {c["id"]: c for c in usable}
     out = [(chunk_by_id[i], Pair(**p)) for i, pairs in done.items() if i in chunk_by_id for p in pairs]
@@ -252,6 +253,16 @@ def _read_state(path: Path) -> dict[int, list[dict[str, str]]]:
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut by a crash: that chunk is simply generated again
     return done
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line left without its newline by a crash."""
+    if not path.exists():
+        return
+    with open(path, "rb+") as fh:
+        data = fh.read()
+        if data and not data.endswith(b"\n"):
+            fh.truncate(data.rfind(b"\n") + 1)
 
 
 def _filter(candidates: Iterable[tuple[dict[str, Any], Pair]], config: CurateConfig, report: dict) -> list[Row]:
