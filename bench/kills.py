@@ -8,7 +8,7 @@ its wall time), then in trials: start the stage from its usual state, SIGKILL th
 uniformly over the reference's wall time (a process that ends first is not counted: the trial is drawn again),
 check what the kill left, run the same command to the end, and compare with the reference.
 
-- ingest: ``nomoat ingest`` of git-doc's 12 shortest pages with the real embedder. Trials alternate the corpus between two
+- ingest: ``nomoat ingest`` of git-doc's 40 shortest pages with the real embedder. Trials alternate the corpus between two
   versions (3 pages edited) and every fifth starts from no KB, so kills land in first ingests and in updates.
   After the kill ``store.verify`` (integrity_check, FTS = vectors = chunks, done documents whole); after the
   next run, verify again and the KB's chunks equal a clean ingest of that version.
@@ -27,6 +27,7 @@ Prints one JSON object (also written to ``--out``).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -76,10 +77,11 @@ def partials(folder: Path) -> int:
 
 
 def trials(name: str, n: int, rng: random.Random, prepare: Callable[[int], list[str]],
-           after_kill: Callable[[int], list[str]], finish: Callable[[int], list[str]],
+           after_kill: Callable[[int], list[str]], finish: Callable[[int], list[str] | None],
            check: Callable[[int], list[str]], landed: Callable[[int], str]) -> dict[str, Any]:  # fmt: skip
     """``n`` killed trials: ``prepare(k)`` sets the state up and gives the command, ``after_kill(k)`` and
-    ``check(k)`` return problems found, ``finish(k)`` the completing command, ``landed(k)`` where the kill fell."""
+    ``check(k)`` return problems found, ``finish(k)`` the completing command (None: nothing is left to run),
+    ``landed(k)`` where the kill fell."""
     argv = prepare(-1)
     _, reference_s = run(argv)
     problems, where, k, missed = [], Counter(), 0, 0
@@ -92,7 +94,8 @@ def trials(name: str, n: int, rng: random.Random, prepare: Callable[[int], list[
             continue
         where[landed(k)] += 1
         problems += [f"trial {k} after the kill: {p}" for p in after_kill(k)]
-        run(finish(k))
+        if (completing := finish(k)) is not None:
+            run(completing)
         problems += [f"trial {k} after the next run: {p}" for p in check(k)]
         k += 1
         if k % 10 == 0:
@@ -142,7 +145,7 @@ def remove_kb(kb: str) -> None:
 
 
 def ingest_stage(work: Path, n: int, rng: random.Random) -> dict[str, Any]:
-    pages = small_pages()[:12]
+    pages = small_pages()[:40]
     corpus = work / "pages"
     corpus.mkdir()
     versions = [{p.name: p.read_bytes() for p in pages}, {}]
@@ -175,8 +178,15 @@ def ingest_stage(work: Path, n: int, rng: random.Random) -> dict[str, Any]:
 
     def landed(k: int) -> str:
         from nomoat import paths
+        from nomoat.kb import store
 
-        return "KB file present" if paths.kb_path("kills").exists() else "before the KB existed"
+        if not paths.kb_path("kills").exists():
+            return "before the KB existed"
+        with store.connect("kills") as conn:
+            done = {r[0]: r[1] for r in conn.execute("SELECT path, sha256 FROM documents WHERE status = 'done'")}
+        current = {str(corpus / n): hashlib.sha256(d).hexdigest() for n, d in versions[max(k, 0) % 2].items()}
+        up_to_date = sum(done.get(path) == sha for path, sha in current.items())
+        return "all pages already in" if up_to_date == len(current) else "mid-ingest"
 
     return trials("ingest", n, rng, prepare, lambda k: kb_problems("kills"), prepare, check, landed)
 
@@ -185,7 +195,7 @@ def ingest_stage(work: Path, n: int, rng: random.Random) -> dict[str, Any]:
 def data_stage(work: Path, n: int, rng: random.Random, tiny: Path) -> dict[str, Any]:
     pages = work / "data-pages"
     pages.mkdir()
-    for page in small_pages()[12:15]:
+    for page in small_pages()[40:43]:
         shutil.copy(page, pages)
     run([*NOMOAT, "ingest", str(pages), "--kb", "data"])
     out = work / "data"
@@ -239,6 +249,11 @@ def adapter(run_dir: Path) -> dict[str, Any]:
     return load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
 
 
+def _complete(run_dir: Path) -> bool:
+    manifest = run_dir / "manifest.json"
+    return manifest.exists() and json.loads(manifest.read_text()).get("status") == "complete"
+
+
 def tune_stage(work: Path, n: int, rng: random.Random, tiny: Path) -> dict[str, Any]:
     import numpy as np
 
@@ -252,7 +267,9 @@ def tune_stage(work: Path, n: int, rng: random.Random, tiny: Path) -> dict[str, 
         shutil.rmtree(target, ignore_errors=True)
         return [*start, str(target), str(TUNE_STEPS)]
 
-    def finish(k: int) -> list[str]:
+    def finish(k: int) -> list[str] | None:
+        if _complete(trial_dir):
+            return None  # killed after its manifest said complete, on its way out: nothing left to run
         if (trial_dir / "config.json").exists():
             return [sys.executable, "-c", TUNE, "resume", str(trial_dir)]
         return prepare(k)  # killed before the run existed: starting it is the next run
@@ -272,6 +289,8 @@ def tune_stage(work: Path, n: int, rng: random.Random, tiny: Path) -> dict[str, 
     def landed(k: int) -> str:
         if not (trial_dir / "config.json").exists():
             return "before the run existed"
+        if _complete(trial_dir):
+            return "after the run was complete"
         found = runs.load_checkpoint(trial_dir)
         return "before the first checkpoint" if found is None else "after a checkpoint"
 

@@ -211,7 +211,7 @@ def test_a_killed_run_resumes_to_what_an_uninterrupted_one_makes(
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=300).returncode == -9
     found = runs.load_checkpoint(tmp_path / "killed")
-    assert (found is None) == (moment == "before the first checkpoint")  # the checkpoint is every 600 s
+    assert (found is None) == (moment == "before the first checkpoint")  # a tiny run is over before checkpoint_every_s
     with pytest.raises(UserError, match="already holds a run"):  # -o again is refused: --resume is the way on
         quick(dataset, tiny_gguf, tmp_path / "killed")
     again = tune.run(resume=tmp_path / "killed", progress=False)

@@ -12,6 +12,7 @@ row, so almost no compute is spent on padding, while the order stays random from
 from __future__ import annotations
 
 import random
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,8 +51,38 @@ class ChatEncoder:
         family = detect(template_source or CHATML_TEMPLATE)
         self.end_of_turn = family.end_of_turn if family else self.eos
         self._backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._fragments = self._fragment_pattern()
+
+    def _fragment_pattern(self) -> re.Pattern[str] | None:
+        """Where template text splits around added tokens, for tokenizers that put a word-start '▁' before
+        text (SentencePiece). llama.cpp's SPM tokenizer starts every text fragment (the first, and each one after
+        a control token) with one space (``add_space_prefix``), while transformers adds '▁' only at the start of
+        the whole text and not before a space: tokenizing each fragment as llama.cpp does at inference gives
+        training the same ids. ``_prefix`` is what makes transformers add exactly one: nothing if it always
+        prepends, a space if it skips text that already starts with one."""
+        self._prefix = ""
+        if self._backend is None:
+            return None
+        probe = self._backend.encode("a", add_special_tokens=False)
+        added = [t.content for t in getattr(self.tokenizer, "added_tokens_decoder", {}).values() if t.content]
+        if not probe.tokens or not probe.tokens[0].startswith("\u2581") or not added:
+            return None
+        if self._backend.encode(" a", add_special_tokens=False).ids == probe.ids:
+            self._prefix = " "
+        return re.compile("(" + "|".join(map(re.escape, sorted(added, key=len, reverse=True))) + ")")
 
     def _tokens(self, text: str, special: bool) -> list[int]:
+        if self._fragments is None:
+            return self._fragment_tokens(text, special)
+        ids: list[int] = []
+        for k, piece in enumerate(self._fragments.split(text) if special else [text]):
+            if k % 2:  # an added token
+                ids += self._fragment_tokens(piece, special=True)
+            elif piece:
+                ids += self._fragment_tokens(self._prefix + piece, special)
+        return ids
+
+    def _fragment_tokens(self, text: str, special: bool) -> list[int]:
         if not text:
             return []
         if self._backend is None:  # slow tokenizer: no switch for special tokens, so defuse look-alikes
