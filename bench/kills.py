@@ -5,18 +5,20 @@ a kill leaves is sound, and what the next run makes equals what an uninterrupted
 
 Each stage runs nomoat in a fresh process on a small real input, first once without a kill (the reference and
 its wall time), then in trials: start the stage from its usual state, SIGKILL the process at a moment drawn
-uniformly over the reference's wall time (a process that ends first is not counted: the trial is drawn again),
+uniformly over the reference's working time, from its first write (KB file, state file, run folder, export
+file) to its end (a process that ends first is not counted: the trial is drawn again),
 check what the kill left, run the same command to the end, and compare with the reference.
 
-- ingest: ``nomoat ingest`` of git-doc's 40 shortest pages with the real embedder. Trials alternate the corpus between two
-  versions (3 pages edited) and every fifth starts from no KB, so kills land in first ingests and in updates.
-  After the kill ``store.verify`` (integrity_check, FTS = vectors = chunks, done documents whole); after the
+- ingest: ``nomoat ingest`` of git-doc's 40 shortest pages with the real embedder. Trials alternate the corpus
+  between two versions (3 pages edited) and every fifth starts from no KB, so kills land in first ingests and in
+  updates. After the kill ``store.verify`` (integrity_check, FTS = vectors = chunks, done documents whole); after the
   next run, verify again and the KB's chunks equal a clean ingest of that version.
 - data: ``nomoat data build`` on a 3-page KB, pairs written by a tiny random GGUF (llama.cpp for real; the tiny
   model keeps a trial to seconds), from no output. After the kill: a file at a final path is the reference's,
   byte for byte; after the next run: train and eval files equal the reference and the state file is gone.
-- tune: ``nomoat tune``'s code on 32 rows, 30 steps of a tiny random model, a checkpoint after every step (the CLI's is every
-  ``checkpoint_every_s``), then ``--resume``. The adapter equals the uninterrupted run's, tensor for tensor.
+- tune: ``nomoat tune``'s code on 32 rows, 30 steps of a tiny random model, a checkpoint after every step (the
+  CLI's is every ``checkpoint_every_s``), then ``--resume``. The adapter equals the uninterrupted run's, tensor
+  for tensor.
 - export: ``nomoat export RUN --format gguf`` into an empty folder. After the kill a final file is the
   reference's; after the next run the GGUF equals it byte for byte.
 
@@ -51,25 +53,31 @@ TUNE = (  # nomoat tune's own code, with a checkpoint after every step so that k
     "import sys; from nomoat.finetune import settings, tune; "
     "settings.OVERRIDABLE = (*settings.OVERRIDABLE, 'checkpoint_every_s'); "
     "tune.run(resume=sys.argv[2], progress=False) if sys.argv[1] == 'resume' else "
-    "tune.run(sys.argv[2], model=sys.argv[3], output=sys.argv[4], steps=int(sys.argv[5]), batch_size=4, rank=4, lr=1e-2, "
-    "checkpoint_every_s=0.0, progress=False)"
+    "tune.run(sys.argv[2], model=sys.argv[3], output=sys.argv[4], steps=int(sys.argv[5]), batch_size=4, rank=4, "
+    "lr=1e-2, checkpoint_every_s=0.0, progress=False)"
 )
 
 
-def run(argv: list[str], kill_after: float | None = None) -> tuple[int, float]:
-    """(return code, wall seconds) of ``argv``; SIGKILLed ``kill_after`` seconds in (-9 when it was)."""
-    started = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        proc.wait(kill_after)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        return -9, time.monotonic() - started
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv[:4])} failed ({proc.returncode}): {err[-2000:]}")
-    return 0, time.monotonic() - started
+def run(argv: list[str], kill_after: float | None = None,
+        watch: Callable[[], bool] | None = None) -> tuple[int, float, float | None]:  # fmt: skip
+    """(return code, wall seconds, seconds until ``watch()`` first held) of ``argv``; SIGKILLed ``kill_after``
+    seconds in (return code -9 when it was)."""
+    started, seen = time.monotonic(), None
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
+        while proc.poll() is None:
+            now = time.monotonic() - started
+            if seen is None and watch is not None and watch():
+                seen = now
+            if kill_after is not None and now >= kill_after:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return -9, now, seen
+            time.sleep(0.005)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise SystemExit(f"{' '.join(argv[:4])} failed ({proc.returncode}): {err.read().decode()[-2000:]}")
+    return 0, time.monotonic() - started, seen
 
 
 def partials(folder: Path) -> int:
@@ -78,17 +86,18 @@ def partials(folder: Path) -> int:
 
 def trials(name: str, n: int, rng: random.Random, prepare: Callable[[int], list[str]],
            after_kill: Callable[[int], list[str]], finish: Callable[[int], list[str] | None],
-           check: Callable[[int], list[str]], landed: Callable[[int], str]) -> dict[str, Any]:  # fmt: skip
+           check: Callable[[int], list[str]], landed: Callable[[int], str],
+           working: Callable[[], bool]) -> dict[str, Any]:  # fmt: skip
     """``n`` killed trials: ``prepare(k)`` sets the state up and gives the command, ``after_kill(k)`` and
     ``check(k)`` return problems found, ``finish(k)`` the completing command (None: nothing is left to run),
-    ``landed(k)`` where the kill fell."""
-    argv = prepare(-1)
-    _, reference_s = run(argv)
+    ``landed(k)`` where the kill fell. Kill moments are drawn over the part of the reference run from when
+    ``working()`` first held (the stage's first write: before it, a kill only lands in imports) to its end."""
+    _, reference_s, first_write = run(prepare(-1), watch=working)
+    window = (first_write or 0.0, reference_s)
     problems, where, k, missed = [], Counter(), 0, 0
-    print(f"{name}: reference run {reference_s:.1f} s", file=sys.stderr, flush=True)
+    print(f"{name}: reference run {reference_s:.1f} s, first write at {window[0]:.1f} s", file=sys.stderr, flush=True)
     while k < n:
-        argv = prepare(k)
-        code, _ = run(argv, kill_after=rng.uniform(0.0, reference_s))
+        code, _, _ = run(prepare(k), kill_after=rng.uniform(*window))
         if code != -9:
             missed += 1  # it finished before its kill moment: draw again
             continue
@@ -101,7 +110,7 @@ def trials(name: str, n: int, rng: random.Random, prepare: Callable[[int], list[
         if k % 10 == 0:
             print(f"{name}: {k}/{n} kills, {len(problems)} problems", file=sys.stderr, flush=True)
     return {"kills": n, "problems": problems, "kill_landed": dict(where), "finished_before_kill": missed,
-            "reference_s": round(reference_s, 1)}  # fmt: skip
+            "kill_window_s": [round(w, 2) for w in window]}  # fmt: skip
 
 
 def small_pages() -> list[Path]:
@@ -145,6 +154,8 @@ def remove_kb(kb: str) -> None:
 
 
 def ingest_stage(work: Path, n: int, rng: random.Random) -> dict[str, Any]:
+    from nomoat import paths
+
     pages = small_pages()[:40]
     corpus = work / "pages"
     corpus.mkdir()
@@ -188,7 +199,8 @@ def ingest_stage(work: Path, n: int, rng: random.Random) -> dict[str, Any]:
         up_to_date = sum(done.get(path) == sha for path, sha in current.items())
         return "all pages already in" if up_to_date == len(current) else "mid-ingest"
 
-    return trials("ingest", n, rng, prepare, lambda k: kb_problems("kills"), prepare, check, landed)
+    return trials("ingest", n, rng, prepare, lambda k: kb_problems("kills"), prepare, check, landed,
+                  working=lambda: paths.kb_path("kills").exists())  # fmt: skip
 
 
 # -- data build ----------------------------------------------------------------------------------------------------
@@ -229,14 +241,22 @@ def data_stage(work: Path, n: int, rng: random.Random, tiny: Path) -> dict[str, 
     prepare(-1)
     run(argv)
     shutil.copytree(out, out.parent / "data-reference")
-    return trials("data", n, rng, prepare, after_kill, lambda k: argv, check, landed)
+    return trials("data", n, rng, prepare, after_kill, lambda k: argv, check, landed,
+                  working=lambda: (out / "train.jsonl.state.jsonl").exists())  # fmt: skip
 
 
 # -- tune ----------------------------------------------------------------------------------------------------------
 def tune_data(work: Path) -> Path:
     colours = ["red", "blue", "green", "amber"]
-    rows = [{"messages": [{"role": "user", "content": f"Which colour is box {i}?"},
-                          {"role": "assistant", "content": f"Box {i} is {colours[i % 4]}."}]} for i in range(40)]  # fmt: skip
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Which colour is box {i}?"},
+                {"role": "assistant", "content": f"Box {i} is {colours[i % 4]}."},
+            ]
+        }
+        for i in range(40)
+    ]
     (work / "boxes.eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[32:]))
     path = work / "boxes.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows[:32]))
@@ -294,7 +314,8 @@ def tune_stage(work: Path, n: int, rng: random.Random, tiny: Path) -> dict[str, 
         found = runs.load_checkpoint(trial_dir)
         return "before the first checkpoint" if found is None else "after a checkpoint"
 
-    return trials("tune", n, rng, prepare, after_kill, finish, check, landed)
+    return trials("tune", n, rng, prepare, after_kill, finish, check, landed,
+                  working=lambda: (reference_dir / "config.json").exists())  # fmt: skip
 
 
 # -- export --------------------------------------------------------------------------------------------------------
@@ -327,7 +348,8 @@ def export_stage(work: Path, n: int, rng: random.Random) -> dict[str, Any]:
     prepare(-1)
     run(argv)
     shutil.copytree(out, reference_dir)
-    return trials("export", n, rng, prepare, after_kill, lambda k: argv, check, landed)
+    return trials("export", n, rng, prepare, after_kill, lambda k: argv, check, landed,
+                  working=lambda: any(out.iterdir()))  # fmt: skip
 
 
 def main() -> None:

@@ -430,8 +430,11 @@ def main() -> None:
     parser.add_argument("--file-timeout", type=float, default=10.0)
     parser.add_argument("--soak-seconds", type=float, default=60.0)
     parser.add_argument("--skip", choices=("fuzz", "serve"), action="append", default=[])
-    parser.add_argument("--real-soak", action="store_true",
-                        help="only the soak, against a real `nomoat serve` (bundled model, a git-doc KB)")
+    parser.add_argument(
+        "--real-soak",
+        action="store_true",
+        help="only the soak, against a real `nomoat serve` (bundled model, a git-doc KB)",
+    )
     parser.add_argument("--out", default="bench/.cache/robustness.json")
     parser.add_argument("--fuzz-kind", choices=KINDS, help=argparse.SUPPRESS)
     args = parser.parse_args()
