@@ -269,11 +269,6 @@ def adapter(run_dir: Path) -> dict[str, Any]:
     return load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
 
 
-def _complete(run_dir: Path) -> bool:
-    manifest = run_dir / "manifest.json"
-    return manifest.exists() and json.loads(manifest.read_text()).get("status") == "complete"
-
-
 def tune_stage(work: Path, n: int, rng: random.Random, tiny: Path) -> dict[str, Any]:
     import numpy as np
 
@@ -288,7 +283,7 @@ def tune_stage(work: Path, n: int, rng: random.Random, tiny: Path) -> dict[str, 
         return [*start, str(target), str(TUNE_STEPS)]
 
     def finish(k: int) -> list[str] | None:
-        if _complete(trial_dir):
+        if runs.is_complete(trial_dir):
             return None  # killed after its manifest said complete, on its way out: nothing left to run
         if (trial_dir / "config.json").exists():
             return [sys.executable, "-c", TUNE, "resume", str(trial_dir)]
@@ -309,7 +304,7 @@ def tune_stage(work: Path, n: int, rng: random.Random, tiny: Path) -> dict[str, 
     def landed(k: int) -> str:
         if not (trial_dir / "config.json").exists():
             return "before the run existed"
-        if _complete(trial_dir):
+        if runs.is_complete(trial_dir):
             return "after the run was complete"
         found = runs.load_checkpoint(trial_dir)
         return "before the first checkpoint" if found is None else "after a checkpoint"

@@ -98,6 +98,13 @@ def update_manifest(run_dir: Path, **fields: Any) -> dict[str, Any]:
     return manifest
 
 
+def is_complete(run_dir: Path) -> bool:
+    """The manifest, written last, says complete: a run killed after its last step but before then still has
+    its adapter and summary to write, which ``--resume`` does."""
+    path = run_dir / "manifest.json"
+    return path.exists() and read_json(path).get("status") == "complete"
+
+
 # -- metrics -------------------------------------------------------------------------------------
 def append_metric(run_dir: Path, record: dict[str, Any]) -> None:
     with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:

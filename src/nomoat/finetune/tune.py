@@ -69,13 +69,6 @@ def run(
         session.close()
 
 
-def _finished(run_dir: Path) -> bool:
-    """The manifest, written last, says complete: a run killed after its last step but before then only has
-    its adapter and summary to write, which ``--resume`` does."""
-    manifest = run_dir / "manifest.json"
-    return manifest.exists() and read_json(manifest).get("status") == "complete"
-
-
 def _now() -> float:
     return time.monotonic()
 
@@ -135,13 +128,12 @@ class _Session:
         state = runs.RunState()
         found = runs.load_checkpoint(run_dir) if resuming else None
         if resuming and found is None:  # stopped before its first checkpoint: nothing to keep, start it over
-            print(f"nomoat: {run_dir} stopped before its first checkpoint; training it from the start",
-                  file=sys.stderr)  # fmt: skip
+            print(f"nomoat: {run_dir} had no checkpoint yet; training it from the start", file=sys.stderr)
             if dist.main:
                 runs.truncate_metrics(run_dir, -1)
         if found is not None:
             tensors, state = found
-            if state.planned_steps is not None and state.step >= state.planned_steps and _finished(run_dir):
+            if state.planned_steps is not None and state.step >= state.planned_steps and runs.is_complete(run_dir):
                 raise UserError(f"{run_dir} is complete ({state.step} steps); start a new run to train more")
             training.restore(tensors, params, optimizer)
             evals = evals[: state.eval_rows or len(evals)]
