@@ -263,8 +263,8 @@ def flood(old: bool) -> dict[str, int]:
     return result
 
 
-def rss_mib() -> float:
-    with open("/proc/self/status") as fh:
+def rss_mib(pid: int | str = "self") -> float:
+    with open(f"/proc/{pid}/status") as fh:
         return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS")) / 1024
 
 
@@ -406,9 +406,9 @@ def real_soak(seconds: float) -> dict[str, Any]:
         served = httpx.get(url + "/v1/models", headers={"Authorization": f"Bearer {key}"}).json()["data"]
         models = tuple(m["id"] for m in served if "embed" not in m["id"])  # chat models and KBs
         asyncio.run(soak(url, key, min(30.0, seconds), models))  # warm-up: the model and embedder loaded
-        before = _rss_of(proc.pid)
+        before = rss_mib(proc.pid)
         out = asyncio.run(soak(url, key, seconds, models))
-        out["rss_drift_mib"], out["rss_mib"] = round(_rss_of(proc.pid) - before, 1), round(before, 1)
+        out["rss_drift_mib"], out["rss_mib"] = round(rss_mib(proc.pid) - before, 1), round(before, 1)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -416,11 +416,6 @@ def real_soak(seconds: float) -> dict[str, Any]:
     out.update(seconds=seconds, models=list(models), log_lines=text.count("\n"),
                log_tracebacks=text.count("Traceback"), server_exit=proc.returncode)  # fmt: skip
     return out
-
-
-def _rss_of(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS")) / 1024
 
 
 def main() -> None:
