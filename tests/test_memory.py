@@ -36,6 +36,23 @@ def test_refused_with_the_estimate_when_it_does_not_fit(monkeypatch: pytest.Monk
     memory.check(plan)
 
 
+def test_on_gpus_fsdp_divides_what_each_device_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    free = {"cpu": 256 * memory.GIB, "cuda:0": 16 * memory.GIB}
+    monkeypatch.setattr(memory, "available", lambda device="cpu": free[device])
+    whole = memory.estimate(LLAMA_7B, 6_738_415_616, TuneConfig(batch_size=1, max_length=1024), bf16=True)
+    assert whole.peak < free["cpu"]  # the same plan fits the host
+    with pytest.raises(UserError, match=r"needs about \d+\.\d GiB per GPU .* only 16\.0 GiB are free on the GPU"):
+        memory.check(whole, "cuda:0")
+    sharded = memory.estimate(LLAMA_7B, 6_738_415_616, TuneConfig(batch_size=1, max_length=1024), bf16=True,
+                              shards=8, processes=8)  # fmt: skip
+    assert sharded.gpu_peak < whole.gpu_peak - 10 * memory.GIB  # 12.6 GiB of bf16 weights, 1/8 of them each
+    free["cpu"] = 100 * memory.GIB  # 8 processes each load the fp32 base on the host first
+    with pytest.raises(UserError, match=r"to load the base .* free in memory"):
+        memory.check(sharded, "cuda:0")
+    free["cpu"] = 1024 * memory.GIB
+    memory.check(sharded, "cuda:0")
+
+
 def test_sizes_and_real_availability(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(memory.LIMIT_ENV, raising=False)
     assert memory.available() is None or memory.available() > 0

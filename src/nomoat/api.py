@@ -187,6 +187,7 @@ def tune(
     max_length: int | None = None,
     precision: str | None = None,
     seed: int | None = None,
+    fsdp: bool | None = None,
     eval_data: str | Path | None = None,
     output: str | Path | None = None,
     resume: str | Path | None = None,
@@ -198,12 +199,13 @@ def tune(
     """``nomoat tune``: a LoRA adapter trained on chat dataset ``data``; returns the run's summary.
 
     Stops after ``time`` (``"20m"``), ``steps`` or ``epochs`` (default one epoch); ``resume`` continues a stopped
-    run exactly. ``on_step(record)`` is called after every step; returning True stops the run cleanly.
+    run exactly. ``fsdp`` (under ``torchrun``) shards the base over the processes. ``on_step(record)`` is called
+    after every step; returning True stops the run cleanly.
     """
     from nomoat.finetune import tune as stage
 
     overrides = {"rank": rank, "lora_layers": lora_layers, "lr": lr, "batch_size": batch_size,
-                 "max_length": max_length, "precision": precision, "seed": seed}  # fmt: skip
+                 "max_length": max_length, "precision": precision, "seed": seed, "fsdp": fsdp}  # fmt: skip
     return stage.run(data, model=model, time=time, steps=steps, epochs=epochs, output=output, resume=resume,
                      eval_data=eval_data, threads=threads, skip_invalid=skip_invalid, progress=progress,
                      on_step=on_step, **{k: v for k, v in overrides.items() if v is not None})  # fmt: skip

@@ -56,8 +56,7 @@ class GenerationConfig:
     """>1 discourages loops, which 135M models fall into easily."""
     stop: tuple[str, ...] = ()
     """Extra stop strings; the model's end-of-turn tokens always stop."""
-    seed: int | None = None
-    """Overrides RuntimeConfig.seed for this answer."""
+    seed: int | None = None  # overrides RuntimeConfig.seed for this answer
 
 
 @dataclass
@@ -269,6 +268,7 @@ class TuneConfig:
     min_lr_ratio: float = 0.1
     """The cosine schedule ends at this fraction of ``lr``."""
     max_grad_norm: float = 1.0
+    fsdp: bool = False  # under torchrun: shard base and LoRA over the processes (a base too big for one device)
     precision: str = "auto"
     """"bf16" (autocast, frozen weights stored in bf16), "fp32", or "auto": bf16 where the hardware has bf16
     arithmetic (CUDA, or x86 with AVX512-BF16/AMX: 2.4x faster than fp32 here, docs/benchmarks.md)."""

@@ -146,6 +146,8 @@ def tune(p: argparse.ArgumentParser, c: Any) -> None:
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"],
                    help=f"default {t.precision}: bf16 where the CPU has it")  # fmt: skip
     p.add_argument("--seed", type=int, help=f"seed for LoRA init and data order (default {t.seed})")
+    p.add_argument("--fsdp", action="store_true", default=None, help="under torchrun: shard the base over the "
+                   "processes (FSDP), for a base too big for one device (default: each holds it whole)")  # fmt: skip
     p.add_argument("--eval", dest="eval_data", metavar="FILE", help="eval rows (default: DATA.eval.jsonl when it "
                    "exists)")  # fmt: skip
     p.add_argument("-o", "--output", metavar="RUN", help="run folder (default: $NOMOAT_HOME/runs/<time>)")

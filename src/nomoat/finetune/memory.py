@@ -11,6 +11,9 @@ The estimate is deliberately simple and on the safe side (docs/guide.md shows it
   (``12 x vocab`` bytes each: logits, softmax, gradient);
 * everything once per process on this machine (``torchrun`` runs several); FSDP divides the frozen weights.
 
+On a GPU the two phases live apart: the load in the host's memory (once per process), the training on each
+process's GPU (its share of the weights, LoRA, activations, logits, and the CUDA context); each is checked.
+
 ``NOMOAT_MEMORY_LIMIT`` (e.g. ``8G``) plans as if only that much memory were available.
 """
 
@@ -26,6 +29,7 @@ from nomoat.errors import UserError
 
 GIB = 2**30
 OVERHEAD = 0.75 * GIB  # the Python process with torch, transformers and the tokenizer loaded
+CUDA_CONTEXT = 0.5 * GIB  # kernels and allocator reserve on each GPU
 LIMIT_ENV = "NOMOAT_MEMORY_LIMIT"
 
 
@@ -39,9 +43,18 @@ class Estimate:
     processes: int
 
     @property
+    def train(self) -> int:
+        return self.weights + self.lora + self.activations + self.logits
+
+    @property
     def peak(self) -> int:
-        train = self.weights + self.lora + self.activations + self.logits
-        return self.processes * (max(self.load, train) + int(OVERHEAD))
+        """On a CPU: the machine's memory over both phases, all processes."""
+        return self.processes * (max(self.load, self.train) + int(OVERHEAD))
+
+    @property
+    def gpu_peak(self) -> int:
+        """On a GPU: each process's device memory while it trains."""
+        return self.train + int(CUDA_CONTEXT)
 
     def describe(self) -> str:
         parts = [f"loading {self.load / GIB:.1f}", f"weights {self.weights / GIB:.1f}",
@@ -101,13 +114,18 @@ def available(device: str = "cpu") -> int | None:
 
 def check(plan: Estimate, device: str = "cpu") -> None:
     """UserError with the estimate when ``plan`` does not fit what is available."""
-    free = available(device)
-    if free is not None and plan.peak > free:
-        where = "on the GPU" if device.startswith("cuda") else "in memory"
-        raise UserError(
-            f"this tune needs {plan.describe()} but only {free / GIB:.1f} GiB are free {where}: lower "
-            f"--max-length or --batch-size, use --precision bf16, or shard the base over GPUs (FSDP, docs/guide.md)"
-        )
+    needs = [(plan.peak, "cpu", "in memory", plan.describe())]
+    if device.startswith("cuda"):
+        host = plan.processes * (plan.load + int(OVERHEAD))
+        needs = [(host, "cpu", "in memory", f"about {host / GIB:.1f} GiB to load the base"),
+                 (plan.gpu_peak, device, "on the GPU", f"about {plan.gpu_peak / GIB:.1f} GiB per GPU")]  # fmt: skip
+    for need, where, place, what in needs:
+        free = available(where)
+        if free is not None and need > free:
+            raise UserError(
+                f"this tune needs {what} but only {free / GIB:.1f} GiB are free {place}: lower --max-length or "
+                f"--batch-size, use --precision bf16, or shard the base over GPUs (--fsdp, docs/guide.md)"
+            )
 
 
 def _parse_size(text: str) -> int:
@@ -120,8 +138,8 @@ def _parse_size(text: str) -> int:
         raise UserError(f"{LIMIT_ENV} must be a size such as 8G (got {text!r})") from None
 
 
-def check_base(base: Any, tune: TuneConfig, bf16: bool, device: str, processes: int = 1, examples: Any = ()
-               ) -> Estimate:  # fmt: skip
+def check_base(base: Any, tune: TuneConfig, bf16: bool, device: str, processes: int = 1, examples: Any = (),
+               shards: int = 1) -> Estimate:  # fmt: skip
     """Estimate the tune of a loaded-but-weightless :class:`~nomoat.finetune.basemodel.Base` on ``examples``
     (:class:`~nomoat.finetune.trainset.Example` rows; none: the worst case) and check it fits."""
     from nomoat.llm.models import describe
@@ -131,6 +149,7 @@ def check_base(base: Any, tune: TuneConfig, bf16: bool, device: str, processes: 
     if examples:
         rows = (max(len(e.ids) for e in examples), max(sum(t >= 0 for t in e.labels) for e in examples))
     plan = estimate(base.config, int(info.get("parameters") or 0), tune, bf16, rows=rows,
-                    file_bytes=info["bytes"] if base.ref.kind == "gguf" else 0, processes=processes)  # fmt: skip
+                    file_bytes=info["bytes"] if base.ref.kind == "gguf" else 0, processes=processes,
+                    shards=shards)  # fmt: skip
     check(plan, device)
     return plan

@@ -25,6 +25,7 @@ OVERRIDABLE = (
     "alpha",
     "dropout",
     "sample_prompts",
+    "fsdp",
 )
 
 
@@ -37,6 +38,9 @@ def new(data, model, budget_time, steps, epochs, eval_data, overrides, world) ->
         raise UserError(f"unknown tune settings: {', '.join(sorted(unknown))}")
     config = TuneConfig(**{k: v for k, v in overrides.items() if v is not None})
     _check(config)
+    if config.fsdp and world < 2:
+        raise UserError("--fsdp shards the base over torchrun's processes: run torchrun --nproc-per-node N -m nomoat "
+                        "tune ... --fsdp (docs/guide.md)")  # fmt: skip
     if sum(x is not None for x in (budget_time, steps, epochs)) > 1:
         raise UserError("give one of --time, --steps and --epochs")
     seconds = _budget_seconds(budget_time)

@@ -10,7 +10,9 @@ What makes it fast on a CPU (measured in docs/benchmarks.md against HF ``Trainer
 
 Exact resume: the data order is a pure function of (seed, epoch), the learning rate a pure function of the
 step, and a checkpoint holds the LoRA weights, the AdamW moments and the RNG state, all as safetensors.
-Under ``torchrun`` each process takes its share of every step's batches and DDP averages the gradients.
+Under ``torchrun`` each process takes its share of every step's batches and DDP averages the gradients; with
+``fsdp`` the weights are sharded over the processes instead (FSDP2, torch's ``fully_shard``), each decoder layer
+gathered whole only while it runs, so a base too big for one device trains on several.
 """
 
 from __future__ import annotations
@@ -165,6 +167,42 @@ def top_linear_modules(model: Any, share: float) -> list[str]:
     return names
 
 
+def shard(loss_model: CausalLoss, dist: Dist) -> CausalLoss:
+    """FSDP: every decoder layer, then the rest (embeddings, final norm, head), split over the processes and
+    moved to their device. Call before taking :func:`trainable`: sharding replaces the parameters."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu" if dist.device == "cpu" else "cuda", (dist.world,))
+    lm = loss_model.model.get_base_model() if hasattr(loss_model.model, "get_base_model") else loss_model.model
+    for layer in getattr(lm, lm.base_model_prefix).layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(loss_model, mesh=mesh)  # the root: its forward gathers what no layer holds
+    return loss_model
+
+
+def sharded(module: Any) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+def whole(tensor: Any) -> Any:
+    """The full tensor of an FSDP shard (a collective: every process must call it), else ``tensor``."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def like(param: Any, tensor: Any) -> Any:
+    """``tensor`` (a full tensor) laid out as ``param`` is: this process's shard of it under FSDP."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(param, DTensor) and tensor.shape == param.shape:
+        return distribute_tensor(tensor.to(param.device), param.device_mesh, param.placements)
+    return tensor.to(param.device)
+
+
 def trainable(model: Any) -> list[tuple[str, Any]]:
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
@@ -276,12 +314,14 @@ def evaluate(loss_model: Any, rows: list[trainset.Example], config: TuneConfig, 
     mine = rows[dist.rank :: dist.world]
     mine.sort(key=lambda e: len(e.ids))
     total = count = 0.0
+    # Every process runs as many batches as the one with the most rows: under FSDP each forward is collective.
+    batches = math.ceil(math.ceil(len(rows) / dist.world) / config.batch_size)
     loss_model.eval()
     with torch.no_grad(), autocast(dist.device, bf16):
-        for i in range(0, len(mine), config.batch_size):
+        for i in range(0, batches * config.batch_size, config.batch_size):
             chunk = mine[i : i + config.batch_size]
-            ids, labels = (t.to(dist.device) for t in trainset.collate(chunk))
             n = sum(e.trained_tokens for e in chunk)
+            ids, labels = (t.to(dist.device) for t in trainset.collate(chunk or rows[:1]))  # none left: weight 0
             total += float(loss_model(ids, labels)) * n
             count += n
     loss_model.train()
@@ -292,17 +332,27 @@ def autocast(device: str, bf16: bool) -> Any:
     return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=bf16)
 
 
-def side_by_side(model: Any, encoder: Any, chats: list, max_tokens: int, bf16: bool) -> list[dict[str, str]]:
-    """Greedy answers of the base (adapter off) and the tuned model to the prompts of ``chats``."""
+def side_by_side(model: Any, encoder: Any, chats: list, max_tokens: int, bf16: bool, fsdp_root: Any = None
+                 ) -> list[dict[str, str]]:  # fmt: skip
+    """Greedy answers of the base (adapter off) and the tuned model to the prompts of ``chats``.
+
+    Under FSDP (``fsdp_root``: the sharded module) every process must call this: each forward is collective, so
+    all generate exactly ``max_tokens`` tokens (none may stop early at its end token) and cut at it after."""
     tok = encoder.tokenizer
     device = next(model.parameters()).device
+    lockstep = {"min_new_tokens": max_tokens} if fsdp_root is not None else {}
 
     def answer(ids: Any) -> str:
         with torch.no_grad(), autocast(str(device), bf16):
             out = model.generate(input_ids=ids, max_new_tokens=max_tokens, do_sample=False,
-                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)  # fmt: skip
-        return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id, **lockstep)  # fmt: skip
+        new = out[0, ids.shape[1] :].tolist()
+        if tok.eos_token_id in new:
+            new = new[: new.index(tok.eos_token_id)]
+        return tok.decode(new, skip_special_tokens=True).strip()
 
+    if fsdp_root is not None:
+        fsdp_root.unshard()  # the embeddings and head the root holds; generate runs the layers, not the root
     model.eval()
     rows = []
     for messages in chats:
@@ -312,14 +362,17 @@ def side_by_side(model: Any, encoder: Any, chats: list, max_tokens: int, bf16: b
         rows.append({"prompt": messages[-2]["content"], "reference": messages[-1]["content"], "base": base,
                      "tuned": answer(ids)})  # fmt: skip
     model.train()
+    if fsdp_root is not None:
+        fsdp_root.reshard()
     return rows
 
 
 def checkpoint_tensors(params: list[tuple[str, Any]], optimizer: Any) -> dict[str, Any]:
-    tensors = {f"param.{name}": p.data for name, p in params}
+    """LoRA weights, AdamW moments and the RNG state, whole (gathered under FSDP: every process calls this)."""
+    tensors = {f"param.{name}": whole(p.detach()) for name, p in params}
     for i, (_, p) in enumerate(params):
         for key, value in optimizer.state.get(p, {}).items():
-            tensors[f"adam.{i}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"adam.{i}.{key}"] = whole(value) if torch.is_tensor(value) else torch.tensor(value)
     tensors["rng.torch"] = torch.get_rng_state()
     return tensors
 
@@ -328,8 +381,8 @@ def restore(tensors: dict[str, Any], params: list[tuple[str, Any]], optimizer: A
     for i, (name, p) in enumerate(params):
         if f"param.{name}" not in tensors:
             raise UserError(f"the checkpoint does not match this model (no weights for {name})")
-        p.data.copy_(tensors[f"param.{name}"])
-        state = {k.split(".", 2)[2]: v.to(p.device) for k, v in tensors.items() if k.startswith(f"adam.{i}.")}
+        p.data.copy_(like(p, tensors[f"param.{name}"]))
+        state = {k.split(".", 2)[2]: like(p, v) for k, v in tensors.items() if k.startswith(f"adam.{i}.")}
         if state:
             optimizer.state[p] = state
     torch.set_rng_state(tensors["rng.torch"])

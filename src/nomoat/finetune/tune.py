@@ -116,14 +116,18 @@ class _Session:
         if not evals and dist.main and not resuming:
             print("nomoat: no eval rows (DATA.eval.jsonl or --eval FILE): eval loss is not measured", file=sys.stderr)
         bf16 = training.use_bf16(config.precision, dist.device)
-        memory.check_base(base, config, bf16, dist.device, int(os.environ.get("LOCAL_WORLD_SIZE", dist.world)), train)
-        model = training.add_lora(base.load_weights(torch.float32), config, bf16).to(dist.device)
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world))
+        memory.check_base(base, config, bf16, dist.device, local, train, shards=dist.world if config.fsdp else 1)
+        model = training.add_lora(base.load_weights(torch.float32), config, bf16)
+        loss_model = step_model = training.CausalLoss(model)
+        if config.fsdp:
+            training.shard(loss_model, dist)
+        else:
+            loss_model.to(dist.device)
+            if dist.world > 1:
+                step_model = torch.nn.parallel.DistributedDataParallel(loss_model)
         params = training.trainable(model)
         optimizer = torch.optim.AdamW([p for _, p in params], lr=config.lr, weight_decay=0.0)
-        loss_model = training.CausalLoss(model)
-        step_model = loss_model
-        if dist.world > 1:
-            step_model = torch.nn.parallel.DistributedDataParallel(loss_model)
         data = training.Data(train, config, dist.world)
         state = runs.RunState()
         found = runs.load_checkpoint(run_dir) if resuming else None
@@ -338,18 +342,22 @@ class _Session:
             torch.distributed.barrier()
 
     def _finish(self, reason: str) -> dict[str, Any]:
+        from nomoat.finetune import training
+
         st = self.state
         complete = reason != "stopped"
         if complete and self.evals and st.eval_step != st.step:
             st.eval_loss = self._evaluate()
         self._checkpoint()
         adapter = self.run_dir / "adapter"
+        weights = {name: training.whole(p.detach()) for name, p in self.params}  # gathered by all under FSDP
         if self.dist.main:
-            runs.replace_dir(adapter, self._save_adapter)
+            runs.replace_dir(adapter, lambda folder: self._save_adapter(folder, weights))
         if reason == "time" and st.step == 0 and self.dist.main:
             print(f"nomoat: the time budget ran out before the first step ({st.elapsed_s:.0f} s went to loading "
                   "and the first eval loss): give more --time", file=sys.stderr)  # fmt: skip
-        samples = self._samples() if complete and self.dist.main else []
+        lockstep = training.sharded(self.loss_model)  # then every process generates the samples with rank 0
+        samples = self._samples() if complete and (self.dist.main or lockstep) else []
         summary = {
             "run": str(self.run_dir),
             "status": "complete" if complete else "stopped",
@@ -384,17 +392,19 @@ class _Session:
             adapter={"path": str(weights), "sha256": basemodel.sha256_file(weights), "format": "peft"},
         )
 
-    def _save_adapter(self, folder: Path) -> None:
+    def _save_adapter(self, folder: Path, weights: dict[str, Any]) -> None:
         # PEFT's own format (adapter_config.json + adapter_model.safetensors): peft, vLLM and llama.cpp's
         # convert_lora_to_gguf.py all read it. The base model's name is its path here, not a hub id.
-        self.model.save_pretrained(str(folder), safe_serialization=True, save_embedding_layers=False)
+        self.model.save_pretrained(str(folder), safe_serialization=True, save_embedding_layers=False,
+                                   state_dict=weights)  # fmt: skip
 
     def _samples(self) -> list[dict[str, str]]:
         from nomoat.finetune import training
 
         chats = trainset.sample_chats(self.settings.get("eval_data"), self.settings["data"])
         chats = chats[: self.config.sample_prompts]
-        return training.side_by_side(self.model, self.encoder, chats, self.config.sample_tokens, self.bf16)
+        root = self.loss_model if training.sharded(self.loss_model) else None
+        return training.side_by_side(self.model, self.encoder, chats, self.config.sample_tokens, self.bf16, root)
 
     def close(self) -> None:
         if self.dist.world > 1:
