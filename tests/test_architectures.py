@@ -28,14 +28,6 @@ ARCHS = list(tiny_models.SPECS)
 # integration tier.
 SLOW = {("qwen2", "hf"), ("qwen2", "gguf")}
 
-# Where the tiny models' prompt ids still differ from llama.cpp's (the '▁' llama.cpp puts after control tokens
-# is now matched, see trainset.ChatEncoder): phi3, because llama.cpp strips the whitespace after phi3's control
-# tokens (its vocabulary code marks them RSTRIP; the tiny HF tokenizer does not); qwen3 (a SentencePiece
-# tokenizer here, unlike the real family's), because the converter marks the GGUF to add a BOS that the HF
-# folder's tokenizer does not add.
-MISMATCH = {"phi3": "llama.cpp strips whitespace after phi3's control tokens",
-            "qwen3": "the converted GGUF adds a BOS the HF folder's tokenizer does not"}  # fmt: skip
-
 _built: dict[str, tuple[Path, Path]] = {}
 
 
@@ -106,10 +98,8 @@ def test_tune_export_parity_chat(root: Path, arch: str, source: str, tmp_path: P
 
 @pytest.mark.parametrize("arch", [a if a != "qwen2" else pytest.param(a, marks=pytest.mark.integration)
                                   for a in ARCHS])  # fmt: skip
-def test_training_tokens_are_llama_cpps(root: Path, arch: str, request: pytest.FixtureRequest) -> None:
+def test_training_tokens_are_llama_cpps(root: Path, arch: str) -> None:
     """Rows are tokenized for training as llama.cpp tokenizes the prompt at inference (same template, same ids)."""
-    if arch in MISMATCH:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=MISMATCH[arch]))
     hf, gguf = model(root, arch)
     messages = [{"role": "user", "content": "Which colour is box 3?"}]
     for source in (hf, gguf):

@@ -132,8 +132,12 @@ def _tokenizer(folder: Path, spec: Spec):  # type: ignore[no-untyped-def]
     if spec.arch == "phi3":  # Phi-3's control tokens eat the whitespace after them, in its tokenizer.json as in
         saved = json.loads((folder / "tokenizer.json").read_text())  # llama.cpp (which sets it by model name)
         for added in saved["added_tokens"]:
-            added["rstrip"] = added["content"] in spec.user or added["content"] == "</s>"
+            added["rstrip"] = added["content"] in {*spec.user, "</s>"} - {"<|endoftext|>"}  # as llama.cpp
         (folder / "tokenizer.json").write_text(json.dumps(saved))
+    if spec.arch in {"phi3", "qwen3"}:  # as the real ones say (Phi-3-mini's tokenizer_config; Qwen's BPE adds
+        config = json.loads((folder / "tokenizer_config.json").read_text())  # none): without it the converter
+        config["add_bos_token"] = False  # leaves the key out, and llama.cpp's SPM default adds a BOS
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
     return transformers.AutoTokenizer.from_pretrained(str(folder))
 
 

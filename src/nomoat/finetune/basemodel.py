@@ -105,10 +105,29 @@ def load(model: str | Path | ModelRef | None = None) -> Base:
             base.tokenizer = tokenizer_class.from_pretrained(**base._where())
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ModelError(f"cannot read the tokenizer of {ref.path}: {_first_line(exc)}") from None
+    if ref.kind == "gguf":
+        _strip_as_llama_cpp(base.tokenizer, ref.path)
     base.context_length = getattr(base.config, "max_position_embeddings", None)
     template = getattr(base.tokenizer, "chat_template", None)
     base.chat_template = template if isinstance(template, str) else None
     return base
+
+
+def _strip_as_llama_cpp(tokenizer: Any, path: Path) -> None:
+    """llama.cpp makes the control tokens of a model *named* Phi-3 eat the whitespace after them (RSTRIP, set in
+    llama-vocab.cpp from ``general.name``; the file does not store it). A tokenizer built from the GGUF gets the
+    same flags, so training tokenizes as the runtime will."""
+    from tokenizers import AddedToken
+
+    from nomoat.llm.gguf_check import read_header
+
+    name = str(read_header(path).metadata.get("general.name") or "").lower()
+    if "phi-3" not in name and "phi3" not in name:
+        return
+    keep = {"<unk>", "<s>", "<|endoftext|>"}  # llama.cpp's exceptions
+    eats = [AddedToken(t.content, rstrip=True, lstrip=t.lstrip, normalized=False, special=True)
+            for t in tokenizer.added_tokens_decoder.values() if t.content not in keep]  # fmt: skip
+    tokenizer.backend_tokenizer.add_special_tokens(eats)
 
 
 _CONFIGS: dict[tuple[str, int, int], Any] = {}

@@ -23,6 +23,7 @@ from nomoat.errors import UserError
 
 IGNORE = -100  # label of tokens that carry no loss (prompt, template text, padding)
 _SHOWN = 3  # bad lines named in an error
+_SPACE = " \t\n\v\f\r"  # what llama.cpp's RSTRIP/LSTRIP remove (C isspace)
 
 
 @dataclass(frozen=True)
@@ -60,11 +61,16 @@ class ChatEncoder:
         the whole text and not before a space: tokenizing each fragment as llama.cpp does at inference gives
         training the same ids. ``_prefix`` is what makes transformers add exactly one: nothing if it always
         prepends, a space if it skips text that already starts with one."""
-        self._prefix = ""
+        self._prefix, self._rstrip, self._lstrip = "", set(), set()
         if self._backend is None:
             return None
         probe = self._backend.encode("a", add_special_tokens=False)
-        added = [t.content for t in getattr(self.tokenizer, "added_tokens_decoder", {}).values() if t.content]
+        tokens = [t for t in getattr(self.tokenizer, "added_tokens_decoder", {}).values() if t.content]
+        added = [t.content for t in tokens]
+        # Tokens that eat the whitespace beside them (Phi-3's, in its tokenizer.json as in llama.cpp): split
+        # apart, the fragments must drop it themselves.
+        self._rstrip = {t.content for t in tokens if t.rstrip}
+        self._lstrip = {t.content for t in tokens if t.lstrip}
         if not probe.tokens or not probe.tokens[0].startswith("\u2581") or not added:
             return None
         if self._backend.encode(" a", add_special_tokens=False).ids == probe.ids:
@@ -75,10 +81,16 @@ class ChatEncoder:
         if self._fragments is None:
             return self._fragment_tokens(text, special)
         ids: list[int] = []
-        for k, piece in enumerate(self._fragments.split(text) if special else [text]):
+        parts = self._fragments.split(text) if special else [text]
+        for k, piece in enumerate(parts):
             if k % 2:  # an added token
                 ids += self._fragment_tokens(piece, special=True)
-            elif piece:
+                continue
+            if k and parts[k - 1] in self._rstrip:
+                piece = piece.lstrip(_SPACE)
+            if k + 1 < len(parts) and parts[k + 1] in self._lstrip:
+                piece = piece.rstrip(_SPACE)
+            if piece:
                 ids += self._fragment_tokens(self._prefix + piece, special)
         return ids
 
