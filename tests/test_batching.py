@@ -168,6 +168,36 @@ def test_a_reader_that_stops_frees_its_sequence_for_the_next(model: runtime.Mode
         b.close()
 
 
+def test_each_step_holds_its_sequences_in_id_order(model: runtime.Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    """llama.cpp cuts a multi-stream batch into micro-batches of consecutive sequence ids: rows out of order (after
+    requests came and went) would cost one forward pass per sequence. Steps keep ids sorted."""
+    import llama_cpp
+
+    calls: list[list[int]] = []
+    decode = llama_cpp.llama_decode
+
+    def recording(ctx: Any, batch: Any) -> int:
+        calls.append([batch.seq_id[i][0] for i in range(batch.n_tokens)])
+        return decode(ctx, batch)
+
+    monkeypatch.setattr(llama_cpp, "llama_decode", recording)
+    long = GenerationConfig(max_tokens=300, temperature=0.0, repeat_penalty=1.0)
+    short = GenerationConfig(max_tokens=3, temperature=0.0, repeat_penalty=1.0)
+    b = Batched(model, 4)
+    try:
+        first = iter(b.generate(model.tokenize(TEXTS[LONG]), long))
+        next(first)  # the long one holds sequence 0 from here on
+        _together(b, TEXTS[:3], [short] * 3)  # three come and go beside it
+        before = len(calls)
+        _together(b, TEXTS[3:6], [short] * 3)  # three more join the long one, which is still running
+        assert b.engine.running == 1
+        assert any(len(set(c)) > 1 for c in calls[before:])  # the long one decoded beside the new ones
+        assert all(c == sorted(c) for c in calls), [c for c in calls if c != sorted(c)][:3]
+        first.close()
+    finally:
+        b.close()
+
+
 def test_prompt_longer_than_a_step_is_fed_in_chunks(model: runtime.Model, batched: Batched) -> None:
     gen = GenerationConfig(max_tokens=20, temperature=0.0, repeat_penalty=1.0)
     text = " ".join(TEXTS + TEXTS[:3])  # ~700 byte-level tokens: more than one step of n_batch 512

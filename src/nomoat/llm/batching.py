@@ -18,6 +18,7 @@ round a near-tie of the top two logits the other way.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import queue
 import threading
 from collections import deque
@@ -78,7 +79,7 @@ class Engine:
                              f"not {model.n_ctx}")  # fmt: skip
         self.n_batch = params.n_batch
         self.batch = _internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=1, verbose=False)
-        self._free = list(range(parallel - 1, -1, -1))  # sequence ids, popped from the end
+        self._free = list(range(parallel))  # sequence ids, a min-heap: the lowest is handed out first
         self._waiting: deque[_Request] = deque()
         self._active: list[_Request] = []  # admitted, oldest first; only the engine thread changes it
         self._cond = threading.Condition()
@@ -152,31 +153,37 @@ class Engine:
             request = self._waiting.popleft()
             if request.cancelled:
                 continue
-            request.seq = self._free.pop()
+            request.seq = heapq.heappop(self._free)
             llama = self.model.llama
             llama.set_seed(self.model.seed(request.gen))  # the chain Llama.generate builds, seeded the same
             request.sampler = llama._init_sampler(**sampling(request.gen))
             self._active.append(request)
 
     def _step(self) -> None:
-        """One ``llama_decode``: each running sequence's last token, then prompt chunks in the room left."""
+        """One ``llama_decode``: each running sequence's last token, and prompt chunks in the room left.
+
+        Rows go in sequence-id order: with one KV stream per sequence llama.cpp splits a batch into micro-batches
+        of *consecutive* sequence ids (``split_equal``, sequential), so 16 sequences in a scrambled order cost 16
+        forward passes instead of one (measured: 185 ms a step against 100 ms raw at B=16); the lowest free id
+        is handed out first for the same reason."""
         import llama_cpp
 
         batch, rows = self.batch.batch, []  # rows: (request, batch index whose logits it samples from)
-        n = 0
-        for request in self._active:
+        decoding = sum(r.next is not None for r in self._active)
+        n, room = 0, self.n_batch - decoding  # prompt tokens that fit beside every running sequence's next one
+        for request in sorted(self._active, key=lambda r: r.seq):
             if request.next is not None:
                 _put(batch, n, request.next, request.pos, request.seq, True)
                 rows.append((request, n))
                 request.pos, request.next, n = request.pos + 1, None, n + 1
-        for request in self._active:
-            left = len(request.prompt) - request.pos
-            if left <= 0 or n >= self.n_batch:
                 continue
-            take = min(left, self.n_batch - n)
+            left = len(request.prompt) - request.pos
+            take = min(left, room)
+            if take <= 0:
+                continue
             for i, token in enumerate(request.prompt[request.pos : request.pos + take]):
                 _put(batch, n + i, token, request.pos + i, request.seq, False)
-            request.pos, n = request.pos + take, n + take
+            request.pos, n, room = request.pos + take, n + take, room - take
             if take == left:  # the prompt's last token: its logits give the first answer token
                 batch.logits[n - 1] = True
                 rows.append((request, n - 1))
@@ -201,7 +208,7 @@ class Engine:
 
         if request.seq >= 0:
             llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self.ctx.ctx), request.seq, -1, -1)
-            self._free.append(request.seq)
+            heapq.heappush(self._free, request.seq)
             request.seq = -1
         with contextlib.suppress(ValueError):
             self._active.remove(request)
