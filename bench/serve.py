@@ -3,7 +3,8 @@
 In one run (same machine, same model):
 
 0. the ceiling: raw llama.cpp batched decode, B sequences' next tokens in one ``llama_decode`` (B = 1, 8, 16;
-   sampling and HTTP excluded), in this process before any server starts;
+   sampling and HTTP excluded), in this process before any server starts; then the batch engine alone (B threads
+   calling ``Batched.chat``, no HTTP), with the median time of its pure decode steps;
 1. ``nomoat serve --parallel 1`` (one generation at a time, the old path): one client alone for
    ``--baseline-seconds`` (the peer);
 2. ``nomoat serve --parallel P``: one client alone, then each of ``--clients`` (e.g. 8,16) clients at once for
@@ -89,6 +90,55 @@ def raw_decode(model: str | None, sizes: list[int], steps: int, threads: int | N
         batch.close()
         ctx.close()
     return speeds
+
+
+def engine_alone(model: str | None, sizes: list[int], max_tokens: int, threads: int | None) -> dict[int, dict]:
+    """The batch engine without HTTP: B threads each calling ``Batched.chat`` twice at once; tokens/s, and the
+    time of a pure decode step (one token of each of B sequences), to read against the raw ceiling."""
+    import threading
+
+    import llama_cpp
+
+    from nomoat.config import GenerationConfig, RuntimeConfig
+    from nomoat.llm import runtime
+    from nomoat.llm.batching import Batched
+
+    config = RuntimeConfig()
+    config.n_threads = threads or config.n_threads
+    loaded, decode, out = runtime.load(model, config), llama_cpp.llama_decode, {}
+    for b in sizes:
+        pure: list[float] = []
+
+        def timed(ctx: Any, batch: Any, b: int = b, pure: list[float] = pure) -> int:
+            start = time.perf_counter()
+            code = decode(ctx, batch)
+            if batch.n_tokens == b:
+                pure.append(time.perf_counter() - start)
+            return code
+
+        llama_cpp.llama_decode = timed
+        engine, done = Batched(loaded, b), []
+
+        def client(i: int, engine: Batched = engine, done: list[int] = done) -> None:
+            for r in range(2):
+                answer = engine.chat([{"role": "user", "content": PROMPTS[(i + r) % len(PROMPTS)]}],
+                                     GenerationConfig(max_tokens=max_tokens))  # fmt: skip
+                answer.text()
+                done.append(answer.completion_tokens)
+
+        start = time.perf_counter()
+        workers = [threading.Thread(target=client, args=(i,)) for i in range(b)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        seconds = time.perf_counter() - start
+        engine.close()
+        llama_cpp.llama_decode = decode
+        step = statistics.median(pure) if pure else float("nan")
+        out[b] = {"tokens_per_s": round(sum(done) / seconds, 1), "decode_step_ms": round(1000 * step, 1),
+                  "decode_tok_s": round(b / step, 1) if pure else None}  # fmt: skip
+    return out
 
 
 def start_server(args: argparse.Namespace, home: str, parallel: int) -> tuple[subprocess.Popen[str], str]:
@@ -218,6 +268,11 @@ def main() -> None:
     sizes = sorted({1, *clients})
     raw = raw_decode(args.model, sizes, args.raw_steps, args.threads)
     print("raw llama.cpp batched decode (ceiling): " + ", ".join(f"B={b} {v} tok/s" for b, v in raw.items()))
+    alone = engine_alone(args.model, sizes, args.max_tokens, args.threads)
+    for b, r in alone.items():
+        print(f"engine alone (no HTTP), B={b}: {r['tokens_per_s']} tok/s; a pure decode step {r['decode_step_ms']} ms "
+              f"= {r['decode_tok_s']} tok/s = {r['decode_tok_s'] / raw[b]:.2f}x raw")  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_SELF)  # the client's CPU from here on (the engine phase ran here)
     old = serve_phases(args, 1, [])
     batched = serve_phases(args, args.parallel, clients)
     show("--parallel 1, 1 client", old["1"], raw[1])
@@ -226,12 +281,13 @@ def main() -> None:
         show(f"--parallel {args.parallel}, {n} clients", batched[str(n)], raw[n])
     one = batched["1"]["tokens_per_s"] / old["1"]["tokens_per_s"] if old["1"]["tokens_per_s"] else float("nan")
     print(f"one client, --parallel {args.parallel} / --parallel 1: {one:.2f}")
-    client_cpu = resource.getrusage(resource.RUSAGE_SELF)
-    print(f"bench client CPU: {client_cpu.ru_utime + client_cpu.ru_stime:.1f} s (it shares the CPUs with the server)")
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    client_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    print(f"bench client CPU: {client_cpu:.1f} s (it shares the CPUs with the server)")
     print(f"server RSS (--parallel {args.parallel}): {batched['rss_start_mib']:.0f} MiB after warm-up -> "
           f"{batched['rss_end_mib']:.0f} MiB after load; --parallel 1: {old['rss_start_mib']:.0f} MiB; "
           f"health after: {batched['health']}")  # fmt: skip
-    summary = {"raw": raw, "parallel_1": old, f"parallel_{args.parallel}": batched,
+    summary = {"raw": raw, "engine_alone": alone, "parallel_1": old, f"parallel_{args.parallel}": batched,
                "one_client_ratio": round(one, 2), "max_tokens": args.max_tokens, "max_queue": args.max_queue,
                "model": args.model or "default"}  # fmt: skip
     print(json.dumps(summary))
