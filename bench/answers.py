@@ -2,6 +2,7 @@
 
     python -u bench/answers.py [--limit 20] [--lookup 1,4] [--threads N] [--kb gitdoc] [--warm]
     python -u bench/answers.py --formats [--limit 20]   # the bundled Q4_1 as shipped vs its served Q8_0 copy
+    python -u bench/answers.py --prefix [--limit 20]    # cold prompts evaluated whole vs from the saved start
 
 The questions are bench/questions/git_doc.jsonl's answerable ones; the KB is Debian's git-doc (bench/corpus.py)
 ingested as ``gitdoc`` under bench/.cache/nomoat-home (done on the first run). One model is loaded once; each
@@ -10,7 +11,9 @@ the sides alternating first place question by question so machine noise hits bot
 the KV cache is emptied (a fresh ``nomoat ask`` process has none), unless ``--warm``: then each side keeps the
 cache its previous question left, as in one chat/eval/serve process, and gets its own model so the other side's
 cache is never reused. With ``--formats`` the sides are the bundled model's file as shipped and the copy
-:mod:`nomoat.llm.formats` serves (both plain decoding, each its own model).
+:mod:`nomoat.llm.formats` serves (both plain decoding, each its own model). With ``--prefix`` both sides run the
+served file cold; one evaluates every prompt whole, the other loads the saved start of the prompt
+(:mod:`nomoat.llm.prefix`), as a second ``nomoat ask`` process does.
 
 Prints, per side: p50/p95 end-to-end latency of ``ask``, p50 time to first token (the prompt's prefill), decode
 tok/s (tokens after the first over the time after the first), tokens per decode call (1 + accepted drafts), the
@@ -117,6 +120,7 @@ class Side:
     name: str
     lookup: int
     fast_format: bool = False
+    prefix_cache: bool = False
     runs: list[Run] = field(default_factory=list)
 
 
@@ -136,6 +140,7 @@ def main() -> None:
     ap.add_argument("--warm", action="store_true", help="keep each side's KV cache between questions")
     ap.add_argument("--json", type=Path, help="also write every run here")
     ap.add_argument("--formats", action="store_true", help="compare the shipped Q4_1 with its served copy instead")
+    ap.add_argument("--prefix", action="store_true", help="compare whole cold prompts with the saved prompt start")
     args = ap.parse_args()
     os.environ.setdefault("NOMOAT_HOME", str(CACHE / "nomoat-home"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -146,16 +151,19 @@ def main() -> None:
 
     rows = [json.loads(line) for line in QUESTIONS.read_text(encoding="utf-8").splitlines() if line.strip()]
     questions = [r["question"] for r in rows if r.get("gold")][: args.limit]
-    config = RuntimeConfig(n_threads=args.threads, fast_format=False)
+    config = RuntimeConfig(n_threads=args.threads, fast_format=False, prefix_cache=False)
     plain_model = runtime.Model(resolve("default"), replace(config))
     if args.formats:
         sides = [Side("as shipped", 0), Side("served", 0, fast_format=True)]
+    elif args.prefix:
+        sides = [Side("whole prompt", 0, fast_format=True), Side("saved start", 0, True, prefix_cache=True)]
     else:
         sides = [Side("plain", 0), *(Side(f"lookup {n}", int(n)) for n in args.lookup.split(","))]
 
     def model_for(side: Side) -> Any:  # --warm: a model per side, so no side reuses another's cache
         if side.fast_format or (args.warm and side.lookup):
-            return runtime.Model(resolve("default"), replace(config, fast_format=side.fast_format))
+            return runtime.Model(resolve("default"), replace(config, fast_format=side.fast_format,
+                                                             prefix_cache=side.prefix_cache))  # fmt: skip
         return plain_model
 
     models = {side.name: Timed(model_for(side)) for side in sides}

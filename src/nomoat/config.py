@@ -35,8 +35,8 @@ class RuntimeConfig:
     """Prompt-lookup speculative decoding: up to this many tokens drafted by copying what followed the text's
     last n-gram in the prompt, checked in one decode (0 = off). Off: on 2 cores it was no faster, and llama.cpp's
     batched kernels give slightly different logits, so answers can differ (docs/benchmarks.md)."""
-    lookup_ngram: int = 3
-    """Longest n-gram lookup matches (it falls back to shorter ones, down to one token)."""
+    lookup_ngram: int = 3  # longest n-gram lookup matches (it falls back to shorter ones, down to one token)
+    prefix_cache: bool = True  # a cold prompt loads the KV state of the usual start from the cache (llm/prefix.py)
     fast_format: bool = True
     """Serve a model whose weight format is slow on this CPU (Q4_1 on x86, the bundled model's) from a copy
     requantized once to a faster one (Q8_0: 1.4x prefill, same answers; :mod:`nomoat.llm.formats`)."""

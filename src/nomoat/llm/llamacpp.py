@@ -92,6 +92,41 @@ def perplexity(path: Path, tokens: Sequence[int], *, lora: Path | None = None, d
             "decode_tok_s": decode_tokens / max(decode, 1e-9), "logprobs": logprobs}  # fmt: skip
 
 
+def sequence_state(llama: Any) -> bytes | None:
+    """Sequence 0's KV state of ``llama``'s context (``llama_state_seq_get_data``), or None if llama.cpp fails."""
+    import ctypes
+
+    import llama_cpp
+
+    size = llama_cpp.llama_state_seq_get_size(llama._ctx.ctx, 0)
+    data = (ctypes.c_uint8 * size)()
+    return bytes(data) if llama_cpp.llama_state_seq_get_data(llama._ctx.ctx, data, size, 0) == size else None
+
+
+def restore_sequence(llama: Any, state: bytes, tokens: Sequence[int]) -> bool:
+    """Put ``state`` (from :func:`sequence_state` after evaluating ``tokens``) into sequence 0 of a reset context
+    and tell llama-cpp-python which tokens it holds; False (and an empty sequence) if llama.cpp refuses it."""
+    import ctypes
+
+    import llama_cpp
+
+    llama.reset()
+    buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+    if not state or llama_cpp.llama_state_seq_set_data(llama._ctx.ctx, buffer, len(state), 0) != len(state):
+        llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(llama._ctx.ctx), 0, -1, -1)
+        return False
+    llama.input_ids[: len(tokens)] = tokens
+    llama.n_tokens = len(tokens)
+    llama._requires_eval = True  # the context's logits are not those of the last restored token
+    return True
+
+
+def version() -> str:
+    import llama_cpp
+
+    return str(llama_cpp.__version__)
+
+
 def _cpu_has_amx() -> bool:
     try:
         return " amx_int8" in Path("/proc/cpuinfo").read_text()

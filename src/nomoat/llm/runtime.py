@@ -17,7 +17,7 @@ from typing import Any
 
 from nomoat.config import GenerationConfig, RuntimeConfig
 from nomoat.errors import ModelError, UserError
-from nomoat.llm import formats, lookup
+from nomoat.llm import formats, lookup, prefix
 from nomoat.llm.llamacpp import load_llama
 from nomoat.llm.lookup import Drafting
 from nomoat.llm.models import ModelRef, resolve
@@ -212,6 +212,8 @@ class Model:
             config = self.config
             return lookup.generate(llama, prompt, sampling(gen), draft_tokens=config.lookup_tokens,
                                    max_n=config.lookup_ngram, max_new=max_new, stats=drafting)  # fmt: skip
+        if self.config.prefix_cache:
+            prefix.prepare(llama, self.path, prompt)  # a cold cache: the saved start of the prompt, if it is this one
         return llama.generate(prompt, **sampling(gen))
 
     def _text(self, source: TokenSource, prompt: list[int], gen: GenerationConfig, max_new: int,
