@@ -74,3 +74,34 @@ def test_other_prompts_a_warm_cache_and_a_damaged_file_are_left_alone(tiny_gguf:
     assert not state.exists()  # and the damaged file is gone
     answer(fresh(tiny_gguf), HEAD + "Question five?")
     assert prefix._read_tokens(state)  # shared with question four: saved again, whole
+
+
+def test_a_loaded_start_gives_the_logits_of_a_fresh_prompt(tiny_gguf: Path) -> None:
+    import numpy as np
+
+    answer(fresh(tiny_gguf), HEAD + "Question one?")
+    answer(fresh(tiny_gguf), HEAD + "Question two?")  # learned and saved here
+    loaded, whole = fresh(tiny_gguf), fresh(tiny_gguf, cache=False)
+    prompt = loaded.tokenize(HEAD + "Question three, a new one?")
+    n = prefix.prepare(loaded.llama, loaded.path, prompt)
+    assert n > prefix.MIN_TOKENS
+    loaded.llama.eval(prompt[n:])
+    whole.llama.eval(prompt)
+    last = len(prompt) - 1
+    assert np.abs(whole.llama.scores[last]).max() > 0  # real logits, not an empty row
+    np.testing.assert_allclose(loaded.llama.scores[last], whole.llama.scores[last], rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_file_changed_under_the_cache_never_gets_the_old_state(tiny_gguf: Path, tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    model_file = shutil.copy(tiny_gguf, tmp_path / "mine.gguf")
+    answer(fresh(model_file), HEAD + "Question one?")
+    answer(fresh(model_file), HEAD + "Question two?")
+    assert list((cache_dir() / "prefix").glob("*.kv"))
+    stat = os.stat(model_file)
+    os.utime(model_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # rewritten in place, say
+    changed = fresh(model_file)
+    prompt = changed.tokenize(HEAD + "Question three?")
+    assert prefix.prepare(changed.llama, changed.path, prompt) == 0 and changed.llama.n_tokens == 0
