@@ -119,9 +119,7 @@ def _strip_as_llama_cpp(tokenizer: Any, path: Path) -> None:
     same flags, so training tokenizes as the runtime will."""
     from tokenizers import AddedToken
 
-    from nomoat.llm.gguf_check import read_header
-
-    name = str(read_header(path).metadata.get("general.name") or "").lower()
+    name = str(_header(path).metadata.get("general.name") or "").lower()
     if "phi-3" not in name and "phi3" not in name:
         return
     keep = {"<unk>", "<s>", "<|endoftext|>"}  # llama.cpp's exceptions
@@ -131,6 +129,24 @@ def _strip_as_llama_cpp(tokenizer: Any, path: Path) -> None:
 
 
 _CONFIGS: dict[tuple[str, int, int], Any] = {}
+_HEADERS: dict[tuple[str, int, int], Any] = {}
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return (str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def _header(path: Path) -> Any:
+    """The GGUF's validated header, read once per process (the config and the tokenizer flags both need it)."""
+    from nomoat.llm.gguf_check import read_header
+
+    key = _file_key(path)
+    if key not in _HEADERS:
+        _HEADERS[key] = read_header(path)
+    return _HEADERS[key]
+
+
 # llama.cpp's Gemma 27B sizes (by layer count) scale queries by hidden/heads instead (src/models/gemma2.cpp)
 _LLAMA_CPP_27B = {"gemma2": (46,), "gemma3": (62,)}
 
@@ -147,13 +163,10 @@ def _config(ref: ModelRef) -> Any:
 
     if ref.kind == "hf":
         return AutoConfig.from_pretrained(ref.path)
-    stat = ref.path.stat()
-    key = (str(ref.path), stat.st_size, stat.st_mtime_ns)
+    key = _file_key(ref.path)
     if key not in _CONFIGS:
-        from nomoat.llm.gguf_check import read_header
-
         config = AutoConfig.from_pretrained(ref.path.parent, gguf_file=ref.path.name)
-        header = read_header(ref.path)
+        header = _header(ref.path)
         if header.arch_value("attention.key_length"):
             config.head_dim = int(header.arch_value("attention.key_length"))
         if hasattr(config, "query_pre_attn_scalar"):  # Gemma: llama.cpp scales queries by 1/sqrt(head_dim),

@@ -114,11 +114,12 @@ def available(device: str = "cpu") -> int | None:
 
 def check(plan: Estimate, device: str = "cpu") -> None:
     """UserError with the estimate when ``plan`` does not fit what is available."""
-    needs = [(plan.peak, "cpu", "in memory", plan.describe())]
     if device.startswith("cuda"):
         host = plan.processes * (plan.load + int(OVERHEAD))
         needs = [(host, "cpu", "in memory", f"about {host / GIB:.1f} GiB to load the base"),
                  (plan.gpu_peak, device, "on the GPU", f"about {plan.gpu_peak / GIB:.1f} GiB per GPU")]  # fmt: skip
+    else:
+        needs = [(plan.peak, "cpu", "in memory", plan.describe())]
     for need, where, place, what in needs:
         free = available(where)
         if free is not None and need > free:

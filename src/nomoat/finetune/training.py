@@ -167,9 +167,9 @@ def top_linear_modules(model: Any, share: float) -> list[str]:
     return names
 
 
-def shard(loss_model: CausalLoss, dist: Dist) -> CausalLoss:
-    """FSDP: every decoder layer, then the rest (embeddings, final norm, head), split over the processes and
-    moved to their device. Call before taking :func:`trainable`: sharding replaces the parameters."""
+def shard(loss_model: CausalLoss, dist: Dist) -> None:
+    """FSDP, in place: every decoder layer, then the rest (embeddings, final norm, head), split over the processes
+    and moved to their device. Call before taking :func:`trainable`: sharding replaces the parameters."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -178,7 +178,6 @@ def shard(loss_model: CausalLoss, dist: Dist) -> CausalLoss:
     for layer in getattr(lm, lm.base_model_prefix).layers:
         fully_shard(layer, mesh=mesh)
     fully_shard(loss_model, mesh=mesh)  # the root: its forward gathers what no layer holds
-    return loss_model
 
 
 def sharded(module: Any) -> bool:

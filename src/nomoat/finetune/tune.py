@@ -356,8 +356,8 @@ class _Session:
         if reason == "time" and st.step == 0 and self.dist.main:
             print(f"nomoat: the time budget ran out before the first step ({st.elapsed_s:.0f} s went to loading "
                   "and the first eval loss): give more --time", file=sys.stderr)  # fmt: skip
-        lockstep = training.sharded(self.loss_model)  # then every process generates the samples with rank 0
-        samples = self._samples() if complete and (self.dist.main or lockstep) else []
+        root = self.loss_model if training.sharded(self.loss_model) else None  # all processes generate, in step
+        samples = self._samples(root) if complete and (self.dist.main or root is not None) else []
         summary = {
             "run": str(self.run_dir),
             "status": "complete" if complete else "stopped",
@@ -398,12 +398,11 @@ class _Session:
         self.model.save_pretrained(str(folder), safe_serialization=True, save_embedding_layers=False,
                                    state_dict=weights)  # fmt: skip
 
-    def _samples(self) -> list[dict[str, str]]:
+    def _samples(self, root: Any) -> list[dict[str, str]]:
         from nomoat.finetune import training
 
         chats = trainset.sample_chats(self.settings.get("eval_data"), self.settings["data"])
         chats = chats[: self.config.sample_prompts]
-        root = self.loss_model if training.sharded(self.loss_model) else None
         return training.side_by_side(self.model, self.encoder, chats, self.config.sample_tokens, self.bf16, root)
 
     def close(self) -> None:

@@ -53,7 +53,8 @@ def _learn(llama: Any, seen: Path, state: Path, prompt: list[int]) -> int:
     except (OSError, ValueError):
         before = []
     head = prompt[:MAX_TOKENS]
-    atomic_write(seen, json.dumps(head))
+    if head != before:  # a cold prompt that keeps coming back is not written again (atomic writes fsync)
+        atomic_write(seen, json.dumps(head))
     shared = 0
     while shared < min(len(before), len(head), len(prompt) - 1) and before[shared] == head[shared]:
         shared += 1  # at most len(prompt) - 1: generate must evaluate at least one token
