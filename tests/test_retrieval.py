@@ -135,6 +135,39 @@ def test_one_document_fills_at_most_per_document_results(tmp_path):
     assert sum(h["path"].endswith("long.md") for h in uncapped) >= 3
 
 
+def test_a_copy_of_a_hit_above_does_not_take_a_slot():
+    texts = {
+        1: "Use git stash when you want to record the current state of the working directory and go back.",
+        2: "git-stash(1): use git stash when you want to record the current state of the working directory and go "
+        "back to a clean one (see also git-worktree).",  # 1 is inside it
+        3: "Record changes to the repository, with a log message that describes them for the people who read it.",
+        4: "The state of your working directory is what a stash records, to be restored later on another branch.",
+        5: "Use git stash.",  # inside 1, but a copy needs 8 shared triples: short chunks cut from one template differ
+    }
+    ranked = [(1, 0.5), (2, 0.4), (3, 0.3), (4, 0.2), (5, 0.1)]
+    assert [i for i, _ in retrieval.distinct(ranked, texts, 4, 0.5)] == [1, 3, 4, 5]
+    assert [i for i, _ in retrieval.distinct(ranked, texts, 2, 0.5)] == [1, 3]  # k counts what is kept
+    assert [i for i, _ in retrieval.distinct(ranked[1:], texts, 3, 0.5)] == [2, 3, 4]  # the longer one above
+    assert retrieval.distinct(ranked, texts, 3, 0.0) == ranked[:3]
+
+
+def test_search_shows_a_page_and_its_source_copy_once(tmp_path):
+    root = tmp_path / "docs"
+    root.mkdir()
+    page = "Stashing puts away the changes in a dirty working directory so that you can switch branches."
+    (root / "git-stash.html").write_text(f"<html><body><h1>git-stash</h1><p>{page}</p></body></html>")
+    (root / "git-stash.txt").write_text(f"git-stash\n=========\n\n{page}\n")
+    (root / "other.txt").write_text("Switching branches changes the files in the working directory.")
+    ingest.run([root], "t", embedder=FakeEmbedder(), progress=False)
+    names = [Path(h["path"]).name for h in retrieval.search("stash dirty working directory", "t", k=3,
+                                                             embedder=FakeEmbedder())]  # fmt: skip
+    assert len(names) == 2 and "other.txt" in names and len({"git-stash.html", "git-stash.txt"} & set(names)) == 1
+    both = retrieval.search(
+        "stash dirty working directory", "t", k=3, embedder=FakeEmbedder(), config=SearchConfig(duplicate_overlap=0)
+    )
+    assert len(both) == 3
+
+
 def test_porter_stemming_matches_word_forms(kb):
     assert "planet" in retrieval.search("planets", "t", k=1, embedder=FakeEmbedder())[0]["text"]
 

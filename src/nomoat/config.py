@@ -127,10 +127,8 @@ class IngestConfig:
     repeated_share: float = 0.1
     """A line held by at least this share of the KB's documents is furniture (navigation, headers, footers) and
     masked before chunking; headings and code are never masked (kb/cleaning.py)."""
-    repeated_least: int = 4
-    """... and by at least this many documents (a KB smaller than this masks nothing)."""
-    skip_dirs: tuple[str, ...] = ("node_modules", "__pycache__")
-    """Directory names never descended into (hidden directories such as .git are always skipped)."""
+    repeated_least: int = 4  # ... and by at least this many documents (a KB smaller than this masks nothing)
+    skip_dirs: tuple[str, ...] = ("node_modules", "__pycache__")  # never entered (nor hidden ones such as .git)
     ocr: OcrConfig = field(default_factory=OcrConfig)
     """Text from images and scanned pages."""
 
@@ -150,8 +148,10 @@ class SearchConfig:
     FTS5's own scores; 0 = the plain OR query). 100k chunks: BM25 p95 32 vs 130 ms, git-doc recall unchanged."""
     fts_weights: tuple[float, float, float] = (1.0, 0.5, 0.0)  # bm25(): chunk text, heading, file name + title
     vector_weight: float = 1.5  # the vector ranking's weight in the fusion (BM25's is 1): bench/fusion.py
-    document_evidence: float = 0.5
-    """Documents rank by their best chunk's score plus this times the sum of their other chunks' scores."""
+    document_evidence: float = 0.5  # a document's score: its best chunk's + this x the sum of its other chunks'
+    duplicate_overlap: float = 0.5
+    """A hit whose word triples are this share contained in a hit above it is not shown (0 = off): the same text
+    in page.html and page.txt, or an included section, fills one slot (git-doc recall@10 0.73 -> 0.80)."""
 
 
 @dataclass

@@ -99,6 +99,34 @@ def by_document(
     return [(cid, weight[d]) for d in order for cid, _ in (chunks[d][:cap] if cap > 0 else chunks[d])]
 
 
+_LEAST_SHARED = 8  # word triples two chunks must share to be copies: short chunks cut from one template are not
+
+
+def _triples(text: str) -> set[tuple[str, ...]]:
+    words = [w.lower() for w in _WORD.findall(text)]
+    return {tuple(words[i : i + 3]) for i in range(max(1, len(words) - 2))}
+
+
+def distinct(ranked: list[tuple[int, float]], texts: dict[int, str], k: int, overlap: float) -> list[tuple[int, float]]:
+    """The first ``k`` of ``ranked`` (best first), leaving out any chunk that shares at least ``overlap`` of the
+    smaller one's word triples (and at least 8) with a chunk kept above it. Documentation folders often hold one
+    text twice (page.html and its page.txt source, a section included in several pages, a PDF beside its .docx):
+    without this the copy takes a result slot and a source in ask's prompt. ``overlap`` <= 0 keeps all."""
+    if overlap <= 0:
+        return ranked[:k]
+    kept: list[tuple[int, float]] = []
+    seen: list[set[tuple[str, ...]]] = []
+    for chunk_id, score in ranked:
+        if len(kept) == k:
+            break
+        grams = _triples(texts.get(chunk_id, ""))
+        if any(len(grams & other) >= max(overlap * min(len(grams), len(other)), _LEAST_SHARED) for other in seen):
+            continue
+        kept.append((chunk_id, score))
+        seen.append(grams)
+    return kept
+
+
 def _query_embedder(recorded: tuple[str, int], given: Embedder | None) -> Embedder:
     """The KB's own embedder: vectors from any other model are not comparable with the stored ones."""
     if given is None:
@@ -146,7 +174,8 @@ def search(
         fused = rrf(rankings, config.rrf_k, weights)
         rows = store.get_chunks(conn, [i for i, _ in fused])
         paths = {i: r["path"] for i, r in rows.items()}
-        fused = by_document(fused, paths, config.per_document, config.document_evidence)[:k]
+        fused = by_document(fused, paths, config.per_document, config.document_evidence)
+        fused = distinct(fused, {i: r["text"] for i, r in rows.items()}, k, config.duplicate_overlap)
         ids = [i for i, _ in fused]
         if recorded:
             cosine = store.cosines(conn, vector, ids)
