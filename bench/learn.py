@@ -1,12 +1,12 @@
 """``nomoat learn`` on a real folder in a fresh NOMOAT_HOME: budget vs wall time, and what the loop gained.
 
-    python -u bench/learn.py [--corpus git-doc|r-manuals] [--time 30m]
+    python -u bench/learn.py [--corpus git-doc|postgres|r-manuals] [--time 30m]
 
-The corpus (Debian's git-doc HTML, or R's manuals as PDF) is copied once to bench/.cache/learn-corpus/; each run
-starts from an empty NOMOAT_HOME (bench/.cache/learn-home-<corpus>-<time>), so ingest counts in the budget. Prints
-the wall time against the budget, then from the eval report: per configuration token F1, the share of answerable
-questions answered in the model's own words that passed the fact check, how it answered, abstention on
-unanswerable questions, and the paired gains.
+The corpus (Debian's git-doc HTML, postgresql-doc-15's HTML pages, or R's manuals as PDF) is copied once to
+bench/.cache/learn-corpus/; each run starts from an empty NOMOAT_HOME (bench/.cache/learn-home-<corpus>-<time>), so
+ingest counts in the budget. Prints the wall time against the budget, then from the eval report: per configuration
+token F1, the share of answerable questions answered in the model's own words that passed the fact check, how it
+answered, abstention on unanswerable questions, and the paired gains.
 """
 
 from __future__ import annotations
@@ -23,14 +23,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from corpus import CACHE, git_doc_html, r_doc_pdf  # noqa: E402
+from corpus import CACHE, git_doc_html, postgres_doc_html, r_doc_pdf  # noqa: E402
+
+FILES = {"git-doc": git_doc_html, "postgres": postgres_doc_html, "r-manuals": lambda: list(r_doc_pdf().values())}
 
 
 def corpus_folder(name: str) -> Path:
     """A stable copy of the corpus (learn records the folder; the same path each run)."""
     folder = CACHE / "learn-corpus" / name
     if not folder.is_dir():
-        files = git_doc_html() if name == "git-doc" else list(r_doc_pdf().values())
+        files = FILES[name]()
         folder.mkdir(parents=True)
         for f in files:
             shutil.copy2(f, folder / f.name)
@@ -43,7 +45,7 @@ def cell(ci: list[float] | None) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--corpus", choices=["git-doc", "r-manuals"], default="git-doc")
+    ap.add_argument("--corpus", choices=sorted(FILES), default="git-doc")
     ap.add_argument("--time", default="30m", help="the learn budget (default 30m)")
     args = ap.parse_args()
     folder = corpus_folder(args.corpus)
