@@ -121,3 +121,17 @@ def test_a_golden_chunk_search_missed_is_put_in_and_only_the_share_go_without() 
     assert 0.02 < declines < 0.2  # the share, not every miss
     without = rag_rows(_rows(), "t", FakeChatModel(), config=CurateConfig(rag_missing_share=0), retrieve=misses)
     assert all(r["meta"]["golden"] is None for r in without)  # no chunk text to put in: the files do not say
+
+
+def test_the_golden_source_is_among_those_the_token_budget_shows() -> None:
+    model, gen = FakeChatModel(), RagConfig().generation()
+    hits = [CHUNKS[i] for i in range(RagConfig().k)]
+    budget = next(b for b in range(16, 4000, 4)  # the budget that shows two of the five sources
+                  if len(rag.build_prompt("q", hits, model, gen, RagConfig(max_source_tokens=b))[1]) == 2)  # fmt: skip
+    small = RagConfig(max_source_tokens=budget)
+    rows = rag_rows(_rows() * 4, "t", model, config=CurateConfig(rag_missing_share=0), rag_config=small,
+                    retrieve=_retrieve)  # fmt: skip
+    assert len(rows) == 4 * TOOLS
+    assert Counter(r["meta"]["golden"] for r in rows).keys() == {1, 2}  # never cut off, and still moving
+    for row in rows:
+        assert len(row["meta"]["sources"]) == 2 and row["messages"][-1]["content"] != rag.FILES_DO_NOT_SAY

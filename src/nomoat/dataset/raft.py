@@ -81,7 +81,13 @@ def rag_rows(
             hits = [h for h in hits if h["chunk_id"] != golden_id][: rag_config.k - 1]
             hits.insert(rng.randrange(len(hits) + 1), golden)
         messages, sources = rag.build_prompt(question, hits, model, gen, rag_config)
-        n = next((i for i, s in enumerate(sources, 1) if s.get("chunk_id") == golden_id), None)
+        if golden is not None and not missing and _shown(sources, golden_id) is None:
+            # the token budget cut the golden chunk off: put it among the sources that fit, or the row would teach
+            # "the files do not say" (at 600 source tokens ~2 rows in 5 did, and so did the tuned model)
+            hits.remove(golden)
+            hits.insert(rng.randrange(max(1, len(sources))), golden)
+            messages, sources = rag.build_prompt(question, hits, model, gen, rag_config)
+        n = _shown(sources, golden_id)
         if on_row:
             on_row()
         if n is None:  # not among the sources (missed, or trimmed off by the budget): the files do not say
@@ -95,6 +101,11 @@ def rag_rows(
                 "sources": [s.get("chunk_id") for s in sources]}  # fmt: skip
         out.append({"messages": [*messages, {"role": "assistant", "content": reply}], "meta": meta})
     return out
+
+
+def _shown(sources: Sequence[dict[str, Any]], chunk_id: int) -> int | None:
+    """The source number of ``chunk_id`` in the prompt, or None when it is not there."""
+    return next((i for i, s in enumerate(sources, 1) if s.get("chunk_id") == chunk_id), None)
 
 
 def _cited(answer: str, n: int) -> str:
