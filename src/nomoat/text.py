@@ -67,6 +67,13 @@ def terms(text: str) -> list[str]:
     return out
 
 
+def word_ngrams(text: str, n: int) -> list[tuple[str, ...]]:
+    """Runs of ``n`` consecutive words (lower-cased ``\\w+``), in order; none for a text of fewer words. What
+    "the same text" is measured by: eval answers copied from training (dataset filters), copies among search hits."""
+    words = re.findall(r"\w+", text.lower())
+    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+
+
 def sentences(text: str) -> list[tuple[int, int]]:
     """Spans ``(start, end)`` of the sentences of ``text``, stripped of surrounding whitespace and bullets.
 

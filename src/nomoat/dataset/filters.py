@@ -13,7 +13,7 @@ from typing import Any
 
 from nomoat.config import CurateConfig
 from nomoat.dataset.extract import Pair
-from nomoat.text import facts, terms
+from nomoat.text import facts, terms, word_ngrams
 
 Row = dict[str, Any]
 _LINK_LINE = re.compile(r"^\s*(?:[-*+]\s*)?\[[^\]]*\]\([^)]*\)\s*$|^\s*(?:[-*+]\s*)?<a\s", re.I)
@@ -132,18 +132,13 @@ def split_by_document(rows: Sequence[Row], eval_fraction: float, seed: int = 0) 
 
 def leaking(evals: Sequence[Row], train: Sequence[Row], n: int = 8, limit: float = 0.5) -> set[int]:
     """Indices of eval rows whose answer shares more than ``limit`` of its word n-grams with training answers."""
-    seen = {g for row in train for g in _ngrams(_answer(row), n)}
+    seen = {g for row in train for g in word_ngrams(_answer(row), n)}
     out = set()
     for i, row in enumerate(evals):
-        grams = _ngrams(_answer(row), n)
+        grams = word_ngrams(_answer(row), n)
         if grams and sum(g in seen for g in grams) / len(grams) > limit:
             out.add(i)
     return out
-
-
-def _ngrams(text: str, n: int) -> list[tuple[str, ...]]:
-    words = re.findall(r"\w+", text.lower())
-    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
 
 
 def _answer(row: Row) -> str:

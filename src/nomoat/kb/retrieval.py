@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, TypedDict
 from nomoat.config import DEFAULT_KB, SearchConfig
 from nomoat.errors import UserError
 from nomoat.kb import lexical, queryenc, store
+from nomoat.text import word_ngrams
 
 if TYPE_CHECKING:
     from nomoat.kb.embeddings import Embedder
@@ -102,11 +103,6 @@ def by_document(
 _LEAST_SHARED = 8  # word triples two chunks must share to be copies: short chunks cut from one template are not
 
 
-def _triples(text: str) -> set[tuple[str, ...]]:
-    words = [w.lower() for w in _WORD.findall(text)]
-    return {tuple(words[i : i + 3]) for i in range(max(1, len(words) - 2))}
-
-
 def distinct(ranked: list[tuple[int, float]], texts: dict[int, str], k: int, overlap: float) -> list[tuple[int, float]]:
     """The first ``k`` of ``ranked`` (best first), leaving out any chunk that shares at least ``overlap`` of the
     smaller one's word triples (and at least 8) with a chunk kept above it. Documentation folders often hold one
@@ -119,7 +115,7 @@ def distinct(ranked: list[tuple[int, float]], texts: dict[int, str], k: int, ove
     for chunk_id, score in ranked:
         if len(kept) == k:
             break
-        grams = _triples(texts.get(chunk_id, ""))
+        grams = set(word_ngrams(texts.get(chunk_id, ""), 3))
         if any(len(grams & other) >= max(overlap * min(len(grams), len(other)), _LEAST_SHARED) for other in seen):
             continue
         kept.append((chunk_id, score))
