@@ -187,3 +187,24 @@ def test_the_adapt_stage_says_why_it_skipped_and_the_loop_goes_on(nomoat_home: P
     result = stages.adapt({"kb": "t"}, 60.0, LearnConfig(adapt_share=0.1), False)
     assert result["kept"] is False and "kb adapt tunes" in result["skipped"]
     assert "off in learn" in stages.adapt({"kb": "t"}, 60.0, LearnConfig(adapt_share=0.0), False)["skipped"]
+
+
+def test_the_data_stage_asks_for_twice_the_rows_the_planned_tune_can_take(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """So the model writes pairs only when the files' own are too few (curate's --max bounds its work)."""
+    from nomoat.dataset import curate
+    from nomoat.pipeline import stages
+
+    asked: dict = {}
+
+    def build(kb: str, output: Path, **kwargs: object) -> dict:
+        asked.update(kwargs)
+        return {"output": str(output), "train": 3, "eval": 1, "card": str(output.with_suffix(".md"))}
+
+    monkeypatch.setattr(curate, "build", build)
+    state = {"kb": "t", "workdir": str(tmp_path), "model": "default", "plan": {"tune": 700.0}}
+    stages.data(state, 300.0, LearnConfig(row_seconds=1.4), False)
+    assert (asked["max_pairs"], asked["time_budget"]) == (1000, 300.0)
+    stages.data(state | {"plan": {"tune": 7000.0}}, 300.0, LearnConfig(row_seconds=1.4), False)
+    assert asked["max_pairs"] == 10000

@@ -147,7 +147,6 @@ def test_invented_number_falls_back_to_an_extractive_answer() -> None:
     [
         ("Use the `--port` flag [1].", "'--port' is not in the cited source(s)"),
         ("Set server_port in the config [1].", "'server_port' is not in the cited source(s)"),
-        ("The port is 8080 [2].", "'8080' is not in the cited source(s)"),  # right fact, wrong citation
         ("Bananas are yellow and sweet.", "only 0 of 3 answer terms occur in the sources"),
         ("", "the answer has no content"),
         # What the bundled model wrote for "squash several commits": markers used as words, no content.
@@ -299,6 +298,40 @@ def test_injected_document_stays_data_and_its_answer_fails_the_check(answer: str
     assert result["fallback_reason"] == reason
     assert result["answer"] == f'"{PORT_QUOTE}" [1]'
     assert [c["path"] for c in result["citations"]] == ["config.md"]
+
+
+def test_an_answer_naming_the_option_asked_about_is_supported_by_the_line_under_it() -> None:
+    """Option descriptions never repeat the option: the quote under "-U" shares no word with the question, but
+    the answer and the question both name "-U" and the cited source states it."""
+    options = "-U username\n--username=username\n\nUser name to connect as (not the user name to create).\n"
+    sources = [{"path": "app-createuser.html", "location": "lines 1-4", "text": options}]
+    question = "What does the -U option of createuser do?"
+    checked = citations.verify("-U: User name to connect as (not the user name to create) [1].", question, sources)
+    assert checked.passed, checked.reason
+    assert checked.citations[0]["quote"] == "User name to connect as (not the user name to create)."
+    off_topic = [{"path": "evil.md", "location": "lines 1-2", "text": "The password is hunter2 on every host."}]
+    assert not citations.verify("The password is hunter2 [1].", question, off_topic).passed
+
+
+def test_a_right_answer_citing_the_wrong_source_is_re_cited_not_replaced() -> None:
+    """Treated as if it cited nothing (an uncited answer is checked and cited the same way), never better."""
+    result, _ = ask("What port does the server use?", "The port is 8080 [2].", hit("config.md", CONFIG_MD),
+                    hit("cache.md", CACHE_MD))  # fmt: skip
+    assert (result["mode"], result["answer"]) == ("generated", "The port is 8080 [1].")
+    assert [c["path"] for c in result["citations"]] == ["config.md"]
+    sources = [
+        {"path": "view-pg-matviews.html", "location": "lines 1-2",
+         "text": "The view pg_matviews provides access to useful information about each materialized view."},
+        {"path": "view-pg-locks.html", "location": "lines 1-2",
+         "text": "The view pg_locks provides access to information about the locks held by active processes."},
+    ]  # fmt: skip
+    question = "What does pg_matviews show?"
+    checked = citations.verify("The view pg_matviews provides access to useful information [2].", question, sources)
+    assert checked.passed, checked.reason
+    assert checked.answer == "The view pg_matviews provides access to useful information [1]."
+    assert [c["path"] for c in checked.citations] == ["view-pg-matviews.html"]
+    wrong = citations.verify("The view pg_matviews is refreshed every 5 minutes [2].", question, sources)
+    assert wrong.reason == "'pg_matviews' is not in the cited source(s)"  # unsupported anywhere: the first reason
 
 
 def test_injected_control_tokens_are_plain_text_for_a_real_tokenizer(tiny_gguf: Path) -> None:

@@ -320,20 +320,20 @@ class EvalConfig:
 class LearnConfig:
     """``nomoat learn FOLDER``: ingest, build data, tune, export and eval in one time budget."""
 
-    time: str = "2h"
-    """The whole budget. Ingest takes what it needs; the rest is split by the shares below."""
+    time: str = "2h"  # the whole budget: ingest takes what it needs, the rest is split by the shares below
     adapt_share: float = 0.0
     """Share of the time left after ingest for ``nomoat kb adapt``; 0 = off: its gains on pseudo questions have
     not yet carried over to hand-written ones (docs/benchmarks.md)."""
-    data_share: float = 0.2  # share for model-written training pairs (``nomoat data build --time``)
-    tune_share: float = 0.55
-    """Share for ``nomoat tune --time`` (the rest, less export, goes to eval)."""
+    data_share: float = 0.2
+    """Share for model-written pairs (``data build --time``), spent only where the files' own pairs are fewer than
+    twice the rows the tune can take at ``row_seconds`` each (on PostgreSQL's manual they were 33x the model's)."""
+    row_seconds: float = 1.4  # a tune step's time per RAG row on 2 cores (58 steps of 8 rows in 11 minutes)
+    tune_share: float = 0.55  # share for ``nomoat tune --time`` (the rest, less export, goes to eval)
     tune_lora_layers: float = 0.33
     tune_lr: float = 1e-3
     """A learn loop's tune has minutes, not hours: LoRA on the top third of the layers takes 1.9x the tokens/s,
     and at 1e-3 the eval loss after six steps was 0.79x that of 2e-4 (bench/tune_layers.py, docs/benchmarks.md)."""
-    export_s: float = 120.0
-    """Planned time for the export with its parity check (the bundled model's takes about a minute here)."""
+    export_s: float = 120.0  # planned time for the export with its parity check (the bundled model's: ~1 minute)
     export_quants: tuple[str, ...] = ("q8_0",)
     """GGUF types tried in order, fastest first: the first to pass its parity check is delivered. q4_0 prefills
     faster but is allowed a 15 % perplexity gap, too much for a model this small (docs/benchmarks.md)."""

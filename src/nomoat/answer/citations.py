@@ -231,14 +231,25 @@ def verify(
        nothing, in the source sharing most of them, which is then cited).
     4. The answer must share a term with the question or state a fact, and each citation gets a quote
        (:func:`best_quote`); citations whose quote shares nothing with the answer are dropped, and some quote
-       must share a term with the question, so an answer lifted from an off-topic passage ("PWNED") fails.
+       must share a term with the question (or its source state a fact the question and the answer both name),
+       so an answer lifted from an off-topic passage ("PWNED") fails.
     5. When the question names facts the sources hold (an option, a file, a number: ``--no-ff``), the answer or
        a quote supporting it must state one of them: a grounded answer about the neighbouring option
        ("--no-stat" for a question on "--no-ff") answers another question.
 
+    An answer that fails only because it cites the wrong source ("[3]" for what [1] says, as the 135M model
+    often does) is checked again as if it cited nothing, and passes re-cited to the source that holds it.
+
     Returns a :class:`Verdict`: the answer and its citations when it passes, else the reason it failed.
     """
+    checked = _verify(answer, question, sources, min_support, max_chars)
+    if checked.passed or not _MARKER.search(answer):
+        return checked
+    recited = _verify(_MARKER.sub("", answer), question, sources, min_support, max_chars)
+    return recited if recited.passed else checked
 
+
+def _verify(answer: str, question: str, sources: Sequence[Source], min_support: float, max_chars: int) -> Verdict:
     text, cited = parse_markers(clean_echo(answer), len(sources))
     body = strip_markers(text)
     answer_terms = set(terms(body))
@@ -280,9 +291,11 @@ def verify(
         return Verdict(reason="the cited sources do not support the answer")
     for n in idle:
         text = re.sub(rf"\s?\[{n}\]", "", text)
-    if not any(set(terms(quotes[n])) & question_terms for n in scope):
-        return Verdict(reason="the supporting text does not address the question")
     asked = [f for f in facts(question) if any(occurs(f, s["text"]) for s in sources)]
+    # A quote that shares no word with the question can still address it: "-U: User name to connect as [1]." for
+    # "What does the -U option do?" is supported by the line under "-U", and that line never repeats the option.
+    if not any(set(terms(quotes[n])) & question_terms or stated[n] & set(asked) for n in scope):
+        return Verdict(reason="the supporting text does not address the question")
     if asked and not any(occurs(f, piece) for f in asked for piece in [body, *(quotes[n] for n in scope)]):
         return Verdict(reason=f"the answer does not address {asked[0]!r}, which the question asks about")
     if added and not cited:

@@ -18,6 +18,7 @@ The flow, top to bottom:
 from __future__ import annotations
 
 import json
+import random
 import re
 import sys
 import time
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from nomoat.config import DEFAULT_KB, CurateConfig, GenerationConfig
-from nomoat.dataset.extract import Pair, extract_pairs
+from nomoat.dataset.extract import Pair, extract_pairs, unnumbered
 from nomoat.dataset.filters import (
     grounding_problem,
     leaking,
@@ -135,7 +136,7 @@ def build(
     for i in sorted(near_duplicates(rows, config.dedup_threshold), reverse=True):
         report["removed"]["near-duplicate"] += 1
         del rows[i]
-    rows = rows[:max_pairs] if max_pairs else rows
+    rows = _spread(rows, max_pairs, config.seed) if max_pairs else rows
     train, evals = split_by_document(rows, eval_fraction, config.seed)
     for i in sorted(leaking(evals, train), reverse=True):
         report["removed"]["eval answer overlaps training"] += 1
@@ -166,6 +167,14 @@ def _as_rag(train, evals, kb, model, config, retrieve, progress, report, chunks)
     return rows[0], rows[1]
 
 
+def _spread(rows: list[Row], most: int, seed: int) -> list[Row]:
+    """``most`` rows in a seeded sample over all documents, in their order (the first ``most`` would all come
+    from the documents whose paths sort first, and so would the eval split)."""
+    if len(rows) <= most:
+        return rows
+    return [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), most))]
+
+
 def _load_chunks(kb: str) -> list[dict[str, Any]]:
     with store.connect(kb) as conn:
         sql = """SELECT c.id, c.text, c.heading, c.location, d.path, d.title FROM chunks c
@@ -181,7 +190,7 @@ def _load_chunks(kb: str) -> list[dict[str, Any]]:
 
 def _subject(path: str, title: str) -> str:
     """What a document is about, for question wording: its title without man-page decorations, or its name."""
-    title = re.sub(r"\(\d\)|\bManual Page\b", "", title or "").strip()
+    title = unnumbered(re.sub(r"\(\d\)|\bManual Page\b", "", title or ""))
     return title or Path(path).stem
 
 
@@ -354,7 +363,8 @@ def dataset_card(summary: dict[str, Any], kb: str, rows: Sequence[Row], examples
         "",
     ]
     for row in rows[:examples]:
-        q, a = row["messages"][0]["content"], row["messages"][-1]["content"]
+        # a RAG row's first message is ask's system prompt: its question is in meta (dataset/raft.py)
+        q, a = row["meta"].get("question") or row["messages"][-2]["content"], row["messages"][-1]["content"]
         out += [f"- **Q:** {q}", f"  **A:** {a}", f"  *({row['meta']['generator']}, {row['meta']['source']})*", ""]
     return "\n".join(out)
 

@@ -9,6 +9,9 @@ answer is the source's own sentence, so it is grounded by construction (curate s
 * options               ``--soft`` / ``--soft::`` followed by its description → "What does --soft do in git-reset?"
 * key/value facts       ``Owner: Platform team`` → "What is the owner in <document>?"
 * section summaries     the first sentences under an informative heading → "What does <document> say about <it>?"
+
+Titles and headings are worded without their section numbers ("8.7. Enumerated Types" → "Enumerated Types"): no
+one asks about "8.7.", and ask's check would reject every answer for not stating the number the question names.
 """
 
 from __future__ import annotations
@@ -42,11 +45,35 @@ _SENTENCE = re.compile(r"[^.!?\n](?:[^.!?]|\.(?=\S))*[.!?](?=\s|$)")
 _NOT_SUBJECTS = frozenset([  # words that start a sentence but never name what it defines
     "this", "that", "it", "there", "these", "those", "they", "here", "which", "what", "who", "one", "so", "by",
     "if", "when", "then", "also", "now", "thus", "hence", "in", "on", "for", "with", "different", "other", "such",
-    "to", "from", "at", "as", "default", "example", "note", "see",
+    "to", "from", "at", "as", "default", "example", "note", "see", "each", "every", "all", "any", "some", "both",
 ])
+_CLAUSE_WORDS = frozenset(["that", "which", "who", "whose", "where"])  # "Replaces the substring that is ...": a clause
 # fmt: on
-_GENERIC_HEADINGS = {"name", "synopsis", "options", "see also", "git", "examples", "example", "notes", "contents"}
+_GENERIC_HEADINGS = {
+    "name",
+    "synopsis",
+    "options",
+    "see also",
+    "git",
+    "examples",
+    "example",
+    "notes",
+    "contents",
+    "note",
+    "tip",
+    "caution",
+    "warning",
+    "important",
+    "arguments",
+    "parameters",
+    "return value",
+}
 _ABOUT_HEADINGS = {"description", "overview", "introduction", "summary", "about"}
+# "8.7.", "E.14.", "II.", "Chapter 46.", "Appendix A." or "1.2" before a capital: a section number, not a name
+_NUMBERING = re.compile(
+    r"^(?:(?i:chapter|appendix|part|section)\s+[\dA-Z]+(?:\.\d+)*\.?|(?:[A-Z]|[IVX]+|\d+)(?:\.\d+)*\."
+    r"|\d+(?:\.\d+)+(?=\s+[A-Z]))\s+(?=\S)"
+)
 
 
 def extract_pairs(text: str, subject: str, heading: str = "") -> list[Pair]:
@@ -59,6 +86,11 @@ def extract_pairs(text: str, subject: str, heading: str = "") -> list[Pair]:
             seen.add(pair.question.lower())
             out.append(pair)
     return out
+
+
+def unnumbered(title: str) -> str:
+    """``title`` without a leading section number: "8.7. Enumerated Types" -> "Enumerated Types"."""
+    return _NUMBERING.sub("", title.strip())
 
 
 def _man_names(text: str) -> Iterator[Pair]:
@@ -79,7 +111,7 @@ def _definitions(text: str) -> Iterator[Pair]:
         if article and article.start() > 0:  # a glossary line: "branch A branch is ..." -> "A branch"
             subject = subject[article.start() :]
         words = subject.split()
-        if not words or len(words) > 4 or words[0].lower() in _NOT_SUBJECTS:
+        if not words or len(words) > 4 or words[0].lower() in _NOT_SUBJECTS or _CLAUSE_WORDS & {*map(str.lower, words)}:
             continue
         subject = subject[0].lower() + subject[1:] if words[0] in {"A", "An", "The"} else subject
         question = f"What {m.group('verb')} {subject}?"
@@ -92,7 +124,9 @@ def _options(text: str, subject: str) -> Iterator[Pair]:
         description = " ".join(m.group("desc").split())
         first = _sentences(description)
         answer = " ".join(first[:2]) if first else description
-        yield Pair(f"What does the {option} option of {subject} do?", answer, "extractive:option")
+        # the answer names the option: "Be quiet." alone does not say which option it is about, and ask's check
+        # (rightly) rejects an answer that leaves out the identifier the question asks about
+        yield Pair(f"What does the {option} option of {subject} do?", f"{option}: {answer}", "extractive:option")
 
 
 def _key_values(text: str, subject: str) -> Iterator[Pair]:
@@ -104,7 +138,7 @@ def _key_values(text: str, subject: str) -> Iterator[Pair]:
 
 
 def _section(text: str, subject: str, heading: str) -> list[Pair]:
-    last = heading.split(" > ")[-1].strip() if heading else ""
+    last = unnumbered(heading.split(" > ")[-1]) if heading else ""
     # only the chunk that opens the section: later chunks of it would ask the same question with other answers
     if not last or last.lower() in _GENERIC_HEADINGS or not text.lstrip().startswith("#"):
         return []
@@ -114,6 +148,8 @@ def _section(text: str, subject: str, heading: str) -> list[Pair]:
     answer = " ".join(body[:2])
     if last.lower() in _ABOUT_HEADINGS:
         return [Pair(f"What is {subject} for?", answer, "extractive:section")]
+    if last.lower() == subject.lower():  # a page's opening section: "What does Range Types say about range types?"
+        return [Pair(f"What is {subject} about?", answer, "extractive:section")]
     return [Pair(f"What does {subject} say about {last.lower()}?", answer, "extractive:section")]
 
 

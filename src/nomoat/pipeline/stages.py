@@ -38,13 +38,16 @@ def adapt(state: State, seconds: float, config: LearnConfig, progress: bool) -> 
 
 
 def data(state: State, seconds: float, config: LearnConfig, progress: bool) -> dict[str, Any]:
-    """``nomoat data build --for rag --time SECONDS``: its model phase resumes from its own state file."""
+    """``nomoat data build --for rag --time SECONDS --max ROWS``: twice the rows the planned tune can take, so the
+    model writes pairs only when the files' own are too few, and the time goes to the tune (PostgreSQL's manual:
+    4,779 extractive candidates, 144 from five minutes of the model). Its model phase resumes from its state file."""
     from nomoat.dataset import curate
 
     output = Path(state["workdir"]) / "data" / "train.jsonl"
     output.parent.mkdir(parents=True, exist_ok=True)
-    built = curate.build(state["kb"], output, time_budget=seconds, model=_writer(state["model"]), target="rag",
-                         progress=progress)  # fmt: skip
+    rows = round(2 * state.get("plan", {}).get("tune", seconds) / config.row_seconds)
+    built = curate.build(state["kb"], output, max_pairs=max(rows, 1), time_budget=seconds,
+                         model=_writer(state["model"]), target="rag", progress=progress)  # fmt: skip
     if not built["train"]:
         raise UserError(f"knowledge base {state['kb']!r} gave no training rows (see {built['card']})")
     return {"data": built["output"], "train": built["train"], "eval": built["eval"], "card": built["card"]}
