@@ -154,6 +154,21 @@ def test_citation_accuracy_counts_answers_whose_cited_chunk_holds_the_reference(
     assert quotes["citation_accuracy"][0] == 0.5
 
 
+def test_each_rag_row_counts_how_it_answered_and_why_the_models_words_were_quoted() -> None:
+    said = {
+        "Capital of France?": {"answer": "Paris [1]", "citations": [], "mode": "generated"},
+        "Deploy time?": {"answer": '"7 minutes" [1]', "citations": [], "mode": "extractive",
+                         "fallback_reason": "'12' is not in the cited source(s)"},
+        "Who?": {"answer": "The files do not say.", "citations": [], "mode": "declined"},
+    }  # fmt: skip
+    result = evaluate.score(QUESTIONS, {"rag": lambda q: said.get(q, said["Who?"])}, unanswerable=["Who?"])
+    row = result["table"]["rag"]
+    assert row["modes"] == {"generated": 0.5, "extractive": 0.5, "abstained": 0.0, "declined": 0.0}
+    assert row["generated"][0] == 0.5 and row["fact_check_pass"][0] == 0.5
+    assert row["fallbacks"] == {"'X' is not in the cited source(s)": 1}
+    assert "quoted because 'X' is not in the cited source(s) (1)" in report.format_table(result)
+
+
 def test_answer_cache_skips_what_was_generated_and_survives_a_torn_line(tmp_path) -> None:
     calls: list[str] = []
 

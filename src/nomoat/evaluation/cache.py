@@ -40,7 +40,8 @@ class AnswerCache:
         got = ask(question)
         got = got if isinstance(got, dict) else {"answer": got}
         entry = {"key": key, "answer": got["answer"], "citations": got.get("citations") or [],
-                 "mode": got.get("mode"), "seconds": round(time.perf_counter() - start, 4)}  # fmt: skip
+                 "mode": got.get("mode"), "fallback": got.get("fallback_reason"),
+                 "seconds": round(time.perf_counter() - start, 4)}  # fmt: skip
         self.entries[key] = entry
         if self.path is not None:
             self._append(entry)

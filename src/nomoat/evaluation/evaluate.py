@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -141,6 +143,7 @@ def score(
                  if g["citations"] and not abstained(g["answer"])]  # fmt: skip
         seconds = sorted(g["seconds"] for g in got)
         modes = [g.get("mode") for g in got]
+        fell_back = [g.get("fallback") for g in got if g.get("mode") == "extractive" and g.get("fallback")]
         table[name] = {
             "f1": bootstrap_ci(f1[name], seed=seed),
             "contains": bootstrap_ci([float(contains(a, q["answer"])) for a, q in pairs], seed=seed),
@@ -151,6 +154,7 @@ def score(
             "seconds_p50": _quantile(seconds, 0.5),
             "seconds_p95": _quantile(seconds, 0.95),
             **_mode_metrics(modes, seed),
+            "fallbacks": dict(Counter(map(_reason_kind, fell_back)).most_common(3)),
         }
         answers[name] = texts
     bar.close()
@@ -173,6 +177,11 @@ def _mode_metrics(modes: Sequence[str | None], seed: int) -> dict[str, Any]:
     return {"generated": bootstrap_ci([float(m == "generated") for m in modes], seed=seed),
             "modes": {m: modes.count(m) / len(modes) for m in MODES},
             "fact_check_pass": bootstrap_ci(wrote, seed=seed)}  # fmt: skip
+
+
+def _reason_kind(reason: str) -> str:
+    """The check that failed, without its specifics: "'X' is not in the cited source(s)", "only N of N ..."."""
+    return re.sub(r"\d+", "N", re.sub(r"'[^']*'", "'X'", reason))
 
 
 def _cites_answer(got: dict[str, Any], reference: str, chunk_texts: Callable | None) -> float:

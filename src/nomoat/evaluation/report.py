@@ -69,7 +69,9 @@ def modes_line(row: dict[str, Any]) -> str:
     names = {"generated": "own words", "extractive": "quoted", "abstained": "abstained", "declined": "declined"}
     shares = ", ".join(f"{row['modes'].get(m, 0):.0%} {label}" for m, label in names.items())
     passed = row.get("fact_check_pass")
-    return shares + ("" if passed is None else f"; the fact check passed {passed[0]:.0%} of the model's answers")
+    why = ", ".join(f"{reason} ({n})" for reason, n in (row.get("fallbacks") or {}).items())
+    return (shares + ("" if passed is None else f"; the fact check passed {passed[0]:.0%} of the model's answers")
+            + (f"; quoted because {why}" if why else ""))  # fmt: skip
 
 
 # One colour per configuration, the same in every plot: base grey, tuned blue; +RAG a darker shade.
