@@ -6,7 +6,7 @@ The corpus (Debian's git-doc HTML, postgresql-doc-15's HTML pages, or R's manual
 bench/.cache/learn-corpus/; each run starts from an empty NOMOAT_HOME (bench/.cache/learn-home-<corpus>-<time>), so
 ingest counts in the budget. Prints the wall time against the budget, then from the eval report: per configuration
 token F1, the share of answerable questions answered in the model's own words that passed the fact check, how it
-answered, abstention on unanswerable questions, and the paired gains.
+answered (and why its own words were quoted instead), abstention on unanswerable questions, and the paired gains.
 """
 
 from __future__ import annotations
@@ -71,6 +71,9 @@ def main() -> None:
         modes = ", ".join(f"{m} {v:.0%}" for m, v in (row.get("modes") or {}).items())
         print(f"{name:14s} {cell(row['f1']):>18s} {cell(row.get('generated')):>20s} "
               f"{cell(row['abstain_unanswerable']):>18s}  {modes}")  # fmt: skip
+    for name, row in result["table"].items():
+        if row.get("fallbacks"):
+            print(f"{name} quoted because: " + "; ".join(f"{why} ({n})" for why, n in row["fallbacks"].items()))
     for pair, ci in result["gains"].items():
         print(f"token F1 {pair}: {ci[0]:+.3f} [{ci[1]:+.3f} to {ci[2]:+.3f}]")
     print(f"report: {state['report']}")
