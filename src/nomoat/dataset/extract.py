@@ -48,26 +48,11 @@ _NOT_SUBJECTS = frozenset([  # words that start a sentence but never name what i
     "to", "from", "at", "as", "default", "example", "note", "see", "each", "every", "all", "any", "some", "both",
 ])
 _CLAUSE_WORDS = frozenset(["that", "which", "who", "whose", "where"])  # "Replaces the substring that is ...": a clause
-# fmt: on
 _GENERIC_HEADINGS = {
-    "name",
-    "synopsis",
-    "options",
-    "see also",
-    "git",
-    "examples",
-    "example",
-    "notes",
-    "contents",
-    "note",
-    "tip",
-    "caution",
-    "warning",
-    "important",
-    "arguments",
-    "parameters",
-    "return value",
+    "name", "synopsis", "options", "see also", "git", "examples", "example", "notes", "contents", "note", "tip",
+    "caution", "warning", "important", "arguments", "parameters", "return value",  # headings that name no topic
 }
+# fmt: on
 _ABOUT_HEADINGS = {"description", "overview", "introduction", "summary", "about"}
 # "8.7.", "E.14.", "II.", "Chapter 46.", "Appendix A." or "1.2" before a capital: a section number, not a name
 _NUMBERING = re.compile(

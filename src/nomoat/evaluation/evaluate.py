@@ -143,7 +143,7 @@ def score(
                  if g["citations"] and not abstained(g["answer"])]  # fmt: skip
         seconds = sorted(g["seconds"] for g in got)
         modes = [g.get("mode") for g in got]
-        fell_back = [g.get("fallback") for g in got if g.get("mode") == "extractive" and g.get("fallback")]
+        fell_back = [g["fallback"] for g in got if g.get("fallback")]  # set for quoted answers only
         table[name] = {
             "f1": bootstrap_ci(f1[name], seed=seed),
             "contains": bootstrap_ci([float(contains(a, q["answer"])) for a, q in pairs], seed=seed),
