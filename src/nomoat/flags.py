@@ -105,7 +105,7 @@ def data(p: argparse.ArgumentParser, c: Any) -> None:
     p.add_argument("-o", "--output", help=f"build: train JSONL (default {c.CurateConfig.output}); import: converted "
                    "file (default FILE.nomoat.jsonl)")  # fmt: skip
     _kb_flag(p, c, "build: knowledge base")
-    p.add_argument("--max", type=int, help="build: at most this many rows")
+    p.add_argument("--max", type=int, help="build: at most this many rows, sampled across all documents")
     p.add_argument("--time", help="build: time budget for model-written pairs, e.g. 30m (default: no limit)")
     p.add_argument("--eval-fraction", type=float, help=f"build: share of rows held out, by document (default "
                    f"{c.CurateConfig.eval_fraction:g})")  # fmt: skip
