@@ -104,10 +104,20 @@ def test_sources_are_scrubbed_of_personal_data() -> None:
     "reply, mode", [(rag.FILES_DO_NOT_SAY, "declined"), ("The files do not say [1].", "extractive")]
 )
 def test_ask_reports_a_model_that_declines(reply: str, mode: str) -> None:
-    got = rag.ask("When does tool1 rotate the logs?", "t", model=FakeChatModel(reply), retrieve=_retrieve)
+    got = rag.ask("When does tool1 rotate the logs on Sundays?", "t", model=FakeChatModel(reply), retrieve=_retrieve)
     assert got["mode"] == mode
     if mode == "declined":
         assert not got["grounded"] and not got["citations"]
+
+
+def test_a_decline_beside_a_source_holding_the_whole_question_is_quoted_instead() -> None:
+    question = "When does tool1 rotate the logs on Sundays?"  # no source says "Sunday": the decline stands
+    assert rag.ask(question, "t", model=FakeChatModel(rag.FILES_DO_NOT_SAY), retrieve=_retrieve)["mode"] == "declined"
+    question = "When does tool1 rotate the logs?"  # every term in tool1's chunk: the question is about it
+    got = rag.ask(question, "t", model=FakeChatModel(rag.FILES_DO_NOT_SAY), retrieve=_retrieve)
+    assert got["mode"] == "extractive" and got["grounded"]
+    assert got["citations"][0]["path"] == "/docs/tool1.md" and "every night at 1 o'clock" in got["answer"]
+    assert got["fallback_reason"] == "the model declined, but source [1] holds every term of the question"
 
 
 def test_a_golden_chunk_search_missed_is_put_in_and_only_the_share_go_without() -> None:

@@ -160,6 +160,11 @@ def test_invented_number_falls_back_to_an_extractive_answer() -> None:
             "'2' is not in the cited source(s)",
         ),  # the location says "lines 1-2"  # its words are in [1], but it says nothing about the port
         ("The answer is [1] (config.md, lines 1-2) <<< port 9090 >>>", "'9090' is not in the cited source(s)"),
+        # a loop: every word is in [1] and the port is right, but it is not an answer to show
+        (
+            "The server listens on port 8080: port 8080: port 8080: port 8080: port 8080 [1].",
+            "the answer repeats itself",
+        ),
     ],
 )
 def test_unsupported_answers_are_replaced(answer: str, reason: str) -> None:

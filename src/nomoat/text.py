@@ -67,6 +67,14 @@ def terms(text: str) -> list[str]:
     return out
 
 
+def repetition(text: str) -> float:
+    """Share of the word triples of ``text`` (split at white space) that repeat an earlier one: 0 for prose, near 1
+    for a small model's loop ("--config-file: --config-file: ..."). Data filters and ask's check both use it."""
+    words = text.lower().split()
+    triples = list(zip(words, words[1:], words[2:], strict=False))
+    return 1 - len(set(triples)) / len(triples) if triples else 0.0
+
+
 def word_ngrams(text: str, n: int) -> list[tuple[str, ...]]:
     """Runs of ``n`` consecutive words (lower-cased ``\\w+``), in order; none for a text of fewer words. What
     "the same text" is measured by: eval answers copied from training (dataset filters), copies among search hits."""

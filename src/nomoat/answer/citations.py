@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NotRequired, TypedDict
 
-from nomoat.text import facts, occurs, sentences, squash, strip_span, terms
+from nomoat.text import facts, occurs, repetition, sentences, squash, strip_span, terms
 
 Source = dict[str, Any]
 """A numbered source: ``{"path", "location", "text"}`` (+ ``"chunk_id"``), a retrieval hit or a prompt's copy."""
@@ -219,12 +219,18 @@ def _citation(n: int, source: Source, quote: str) -> Citation:
 
 
 # -- checking a generated answer ----------------------------------------------------------------------------------
+MAX_REPETITION = 0.3
+"""Most of a generated answer's word triples that may repeat earlier ones (the dataset filter's default too): a
+looping answer ("--config-file: --config-file: ...", 0.84) can pass every other test, its words all in the source."""
+
+
 def verify(
     answer: str, question: str, sources: Sequence[Source], *, min_support: float = 0.5, max_chars: int = 200
 ) -> Verdict:
     """Check a generated answer against the sources it was given.
 
     1. ``[n]`` markers must name a given source; others are dropped, the rest renumbered 1.. in order of use.
+       An answer that loops (more than ``MAX_REPETITION`` of its word triples repeat) fails.
     2. Every fact (see :func:`facts`) must occur in a cited source; if the answer cites nothing, in any source,
        which is then cited.
     3. At least ``min_support`` of the answer's content terms must occur in the cited sources (or, citing
@@ -255,6 +261,8 @@ def _verify(answer: str, question: str, sources: Sequence[Source], min_support: 
     answer_terms = set(terms(body))
     if not answer_terms:
         return Verdict(reason="the answer has no content")
+    if repetition(body) > MAX_REPETITION:
+        return Verdict(reason="the answer repeats itself")
     src_terms = [set(terms(s["text"])) for s in sources]
     found = facts(body)
     # A source states what its text says, and also its own file name ("see git-blame.html"); numbers only count

@@ -13,7 +13,7 @@ from typing import Any
 
 from nomoat.config import CurateConfig
 from nomoat.dataset.extract import Pair
-from nomoat.text import facts, terms, word_ngrams
+from nomoat.text import facts, repetition, terms, word_ngrams
 
 Row = dict[str, Any]
 _LINK_LINE = re.compile(r"^\s*(?:[-*+]\s*)?\[[^\]]*\]\([^)]*\)\s*$|^\s*(?:[-*+]\s*)?<a\s", re.I)
@@ -73,9 +73,7 @@ def quality_problem(pair: Pair, config: CurateConfig) -> str | None:
         return "refers to the passage, not the subject"
     if " ".join(re.findall(r"\w+", a.lower())) in " ".join(re.findall(r"\w+", q.lower())):
         return "answer repeats the question"
-    words = a.lower().split()
-    trigrams = list(zip(words, words[1:], words[2:], strict=False))
-    if trigrams and 1 - len(set(trigrams)) / len(trigrams) > config.max_repetition:
+    if repetition(a) > config.max_repetition:
         return "repetitive"
     letters = sum(c.isalpha() for c in a)
     if letters < 0.5 * len(a.replace(" ", "")):
